@@ -1,0 +1,90 @@
+"""A sink actor: one shard (by idempotency-key hash) of one destination's pool.
+
+It owns the shard's dedup index (rebuilt from the JetStream journal when it starts, so a Ray
+restart loses nothing), the sink (HTTP or NATS) and the delivery loop. Start-up is lazy and
+happens inside the first call, so an actor that Ray restarts is ready again by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import ray
+
+from router.config import Config
+from router.dead_letter import DeadLetterPublisher
+from router.dedup_index import DedupIndex
+from router.dedup_journal import DedupJournal
+from router.delivery import DestinationDelivery, DestinationStats, Record, SubmitResult
+from router.nats_connection import connect
+from router.rate_limit import TokenBucket
+from router.sinks.http_sink import HttpSink
+from router.sinks.nats_sink import NatsSink
+
+__all__ = ["DestinationWorker"]
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
+class DestinationWorker:
+    def __init__(self, cfg: Config, destination: str, shard: int) -> None:
+        self.cfg = cfg
+        self.name = destination
+        self.dest = cfg.destinations[destination]
+        self.shard = shard
+        self._lock = asyncio.Lock()
+        self._delivery: DestinationDelivery | None = None
+        self._nc = None
+        self.loaded_keys = 0
+
+    async def _ready(self) -> DestinationDelivery:
+        if self._delivery is not None:
+            return self._delivery
+        async with self._lock:
+            if self._delivery is None:
+                cfg, dest = self.cfg, self.dest
+                self._nc = await connect(cfg.nats, f"router-sink-{self.name}-{self.shard}")
+                js = self._nc.jetstream()
+                index = DedupIndex(cfg.dedup.window, cfg.dedup.max_keys_per_shard)
+                journal = DedupJournal(js, cfg.dedup.stream, self.name)
+                pool, shard = dest.pool_size, self.shard
+                self.loaded_keys = await journal.load(index, lambda h: pool == 1 or h % pool == shard)
+                sink = HttpSink(self.name, dest) if dest.kind == "http" else NatsSink(self.name, dest, self._nc)
+                await sink.start()
+                limiter = TokenBucket(dest.rate_limit.per_second, dest.rate_limit.burst) if dest.rate_limit else None
+                dlq = DeadLetterPublisher(js, cfg.dead_letter.stream, cfg.dead_letter.subject_prefix)
+                delivery = DestinationDelivery(self.name, dest, sink, journal, index, dlq, limiter=limiter)
+                delivery.start()
+                self._delivery = delivery
+        return self._delivery
+
+    async def ready(self) -> int:
+        """Start (load the dedup shard); returns how many keys it remembered."""
+        await self._ready()
+        return self.loaded_keys
+
+    async def submit(self, records: list[Record]) -> SubmitResult:
+        delivery = await self._ready()
+        return await delivery.submit(records)
+
+    async def stats(self) -> DestinationStats:
+        if self._delivery is None:
+            return DestinationStats()
+        return self._delivery.snapshot()
+
+    async def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+    async def close(self) -> DestinationStats:
+        """Deliver what is queued, close connections; the final stats."""
+        if self._delivery is None:
+            return DestinationStats()
+        await self._delivery.close()
+        await self._delivery.sink.close()
+        if self._nc is not None:
+            await self._nc.drain()
+        return self._delivery.snapshot()

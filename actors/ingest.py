@@ -1,0 +1,174 @@
+"""The ingest actor: pull batches from a source's durable consumer and see each one through.
+
+For every fetched batch: plan it (decode, route, encode, group by destination shard), send one
+call per (destination, shard) to the sink actors, dead-letter what cannot be decoded or routed,
+then ack each message whose destinations are all final, and NAK (with delay) the ones a
+destination could not take yet. Acks are per message, never AckAll: batches finish out of order.
+At most ``max_inflight_batches`` batches are open at once; that window is the backpressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import ray
+
+from router.config import Config
+from router.dead_letter import DeadLetterPublisher
+from router.ingest_plan import IngestPlanner
+from router.nats_connection import connect
+from router.routing import RouteTable
+
+__all__ = ["IngestActor", "IngestStats"]
+
+log = logging.getLogger(__name__)
+
+
+class IngestStats(msgspec.Struct):
+    source: str = ""
+    fetched: int = 0
+    acked: int = 0
+    nacked: int = 0
+    dead_lettered: int = 0
+    unrouted: int = 0
+    in_flight: int = 0
+    fetch_errors: int = 0
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
+class IngestActor:
+    def __init__(self, cfg: Config, source: str, sink_actor_names: dict[str, list[str]], index: int = 0) -> None:
+        self.cfg = cfg
+        self.src = next(s for s in cfg.sources if s.name == source)
+        # By name, not by handle: a restarted ingest actor finds the sink actors again by itself.
+        self.workers = {d: [ray.get_actor(n) for n in names] for d, names in sink_actor_names.items()}
+        self.index = index
+        self.planner = IngestPlanner(source, RouteTable(cfg.route_list),
+                                     {d: len(ws) for d, ws in self.workers.items()})
+        self.stats_ = IngestStats(source=source)
+        self._stopping = asyncio.Event()
+        self._open: dict[int, tuple[float, list[Any]]] = {}  # batch id -> (fetched at, messages)
+        self._batch_ids = 0
+
+    async def stats(self) -> IngestStats:
+        self.stats_.in_flight = sum(len(m) for _, m in self._open.values())
+        return msgspec.structs.replace(self.stats_)
+
+    async def stop(self) -> None:
+        """Stop fetching; ``run`` returns once every open batch is acked or NAKed."""
+        self._stopping.set()
+
+    async def run(self) -> IngestStats:
+        src = self.src
+        nc = await connect(self.cfg.nats, f"router-ingest-{src.name}-{self.index}")
+        js = nc.jetstream()
+        dlq = DeadLetterPublisher(js, self.cfg.dead_letter.stream, self.cfg.dead_letter.subject_prefix)
+        sub = await js.pull_subscribe_bind(src.durable, src.stream)
+        window = asyncio.Semaphore(src.max_inflight_batches)
+        tasks: set[asyncio.Task] = set()
+        keepalive = asyncio.get_running_loop().create_task(self._progress_acks())
+        try:
+            while not self._stopping.is_set():
+                await window.acquire()
+                if self._stopping.is_set():
+                    window.release()
+                    break
+                try:
+                    msgs = await sub.fetch(src.fetch_batch, timeout=0.5)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    window.release()  # nothing to fetch right now
+                    continue
+                except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                    # NATS restarting or unreachable: the client reconnects by itself.
+                    window.release()
+                    self.stats_.fetch_errors += 1
+                    log.warning("ingest %s: fetch failed (%r); retrying", src.name, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                self.stats_.fetched += len(msgs)
+                task = asyncio.get_running_loop().create_task(self._see_through(msgs, dlq, window))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            keepalive.cancel()
+            try:
+                await sub.unsubscribe()
+                await nc.drain()
+            except Exception:  # closing on a dead connection: nothing left to flush
+                pass
+        return await self.stats()
+
+    async def _see_through(self, msgs: list[Any], dlq: DeadLetterPublisher, window: asyncio.Semaphore) -> None:
+        bid = self._batch_ids = self._batch_ids + 1
+        self._open[bid] = (time.monotonic(), msgs)
+        try:
+            seqs = [m.metadata.sequence.stream for m in msgs]
+            plan = self.planner.plan(msgs, seqs)
+            failed: set[int] = set()
+
+            letters = [dlq.ingest_failure(self.src.name, msgs[i].data, reason, subject=msgs[i].subject,
+                                          stream_seq=seqs[i], headers=msgs[i].headers)
+                       for i, reason in plan.rejected]
+            if self.cfg.on_unrouted == "dead_letter":
+                letters += [dlq.ingest_failure(self.src.name, msgs[i].data, "no route matches this event",
+                                               subject=msgs[i].subject, stream_seq=seqs[i], headers=msgs[i].headers)
+                            for i in plan.unrouted]
+            calls = [(idx, self.workers[dest][shard].submit.remote(records))
+                     for (dest, shard), (records, idx) in plan.work.items()]
+            try:
+                await dlq.publish(letters)
+            except Exception as exc:
+                log.warning("ingest %s: dead-letter publish failed (%s); those messages will be redelivered",
+                            self.src.name, exc)
+                failed.update(i for i, _ in plan.rejected)
+                failed.update(plan.unrouted if self.cfg.on_unrouted == "dead_letter" else ())
+            else:
+                self.stats_.dead_lettered += len(plan.rejected)
+                self.stats_.unrouted += len(plan.unrouted)
+
+            results = await asyncio.gather(*(ref for _, ref in calls), return_exceptions=True)
+            for (idx, _), res in zip(calls, results):
+                if isinstance(res, BaseException):
+                    log.warning("ingest %s: %d records not final, will be redelivered: %s",
+                                self.src.name, len(idx), str(res).splitlines()[-1][:300])
+                    failed.update(idx)
+            await self._settle(msgs, failed)
+        finally:
+            self._open.pop(bid, None)
+            window.release()
+
+    async def _settle(self, msgs: list[Any], failed: set[int]) -> None:
+        delay = self.src.redelivery_delay
+        for i, m in enumerate(msgs):
+            try:
+                if i in failed:
+                    await m.nak(delay=delay)
+                    self.stats_.nacked += 1
+                else:
+                    await m.ack()
+                    self.stats_.acked += 1
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                # Not acked: JetStream redelivers after ack_wait, and dedup stops a second delivery.
+                log.warning("ingest %s: ack failed (%s)", self.src.name, exc)
+
+    async def _progress_acks(self) -> None:
+        """Tell JetStream that batches still open are being worked on, before ``ack_wait`` runs out."""
+        every = max(self.src.ack_wait / 3.0, 0.5)
+        while True:
+            await asyncio.sleep(every)
+            horizon = time.monotonic() - every
+            for fetched_at, msgs in list(self._open.values()):
+                if fetched_at <= horizon:
+                    for m in msgs:
+                        try:
+                            await m.in_progress()
+                        except Exception:  # best effort; redelivery is still safe
+                            break

@@ -1,0 +1,180 @@
+"""Emulated ERP, marketplace and carrier HTTP destinations, with fault injection.
+
+Real HTTP servers on loopback. Each destination is a path (``POST /erp``...) that takes the
+router's HTTP contract (a JSON array of records, each with ``idempotency_key`` and
+``correlation_id``), counts what it received by key, and can be told to misbehave:
+
+    POST /faults/<dest>  {"latency_ms": 200, "error_rate": 0.1, "status": 503, "outage_s": 30,
+                          "retry_after": 2, "reject_field": "carrier"}
+    DELETE /faults/<dest>
+    GET /stats           per destination: records, unique keys, duplicates, requests, batches
+    GET /received/<dest> key -> times received
+    POST /reset
+
+Run alone: ``python -m router.loadtest.sink_emulator --port 8081``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+__all__ = ["SinkEmulator", "DESTINATIONS", "main"]
+
+DESTINATIONS = ("erp", "marketplace", "carrier")
+
+
+class _Site:
+    def __init__(self) -> None:
+        self.received: Counter[str] = Counter()
+        self.requests = 0
+        self.batches: Counter[str] = Counter()  # Idempotency-Key header -> times seen
+        self.rejected = 0
+        self.faults: dict[str, Any] = {}
+        self.outage_until = 0.0
+        self.request_times: list[float] = []
+
+    def stats(self) -> dict[str, Any]:
+        records = sum(self.received.values())
+        return {"records": records, "unique": len(self.received), "duplicates": records - len(self.received),
+                "requests": self.requests, "batches": len(self.batches), "rejected": self.rejected}
+
+
+class SinkEmulator:
+    def __init__(self, destinations: tuple[str, ...] = DESTINATIONS, seed: int = 1) -> None:
+        self.sites = {d: _Site() for d in destinations}
+        self.rng = random.Random(seed)
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app.add_routes([
+            web.post("/faults/{dest}", self.set_faults),
+            web.delete("/faults/{dest}", self.clear_faults),
+            web.get("/stats", self.stats),
+            web.get("/received/{dest}", self.received),
+            web.post("/reset", self.reset),
+            web.post("/{dest}", self.deliver),
+        ])
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def _site(self, request: web.Request) -> _Site:
+        site = self.sites.get(request.match_info["dest"])
+        if site is None:
+            raise web.HTTPNotFound(text=f"no destination {request.match_info['dest']!r}")
+        return site
+
+    async def deliver(self, request: web.Request) -> web.Response:
+        site = self._site(request)
+        site.requests += 1
+        site.request_times.append(time.time())
+        f = site.faults
+        if f.get("latency_ms"):
+            await asyncio.sleep(f["latency_ms"] / 1000.0)
+        if time.time() < site.outage_until:
+            return web.Response(status=503, text="maintenance window")
+        if f.get("error_rate") and self.rng.random() < f["error_rate"]:
+            headers = {"Retry-After": str(f["retry_after"])} if f.get("retry_after") is not None else {}
+            return web.Response(status=f.get("status", 503), text="injected failure", headers=headers)
+        try:
+            records = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            site.rejected += 1
+            return web.Response(status=400, text=f"body is not JSON: {exc}")
+        if request.headers.get("Content-Type", "").split(";")[0] != "application/json":
+            site.rejected += 1
+            return web.Response(status=415, text="Content-Type must be application/json")
+        if not isinstance(records, list):
+            site.rejected += 1
+            return web.Response(status=400, text="body must be a JSON array of records")
+        for i, r in enumerate(records):
+            for field in ("idempotency_key", "correlation_id"):
+                if not isinstance(r, dict) or not r.get(field):
+                    site.rejected += 1
+                    return web.Response(status=400, text=f"record {i} lacks {field}")
+            bad = f.get("reject_field")
+            if bad and _has_field(r, bad):
+                site.rejected += 1
+                return web.Response(status=400, text=f"record {i}: field {bad!r} is not accepted")
+        site.batches[request.headers.get("Idempotency-Key", "")] += 1
+        site.received.update(r["idempotency_key"] for r in records)
+        return web.json_response({"accepted": len(records)})
+
+    async def set_faults(self, request: web.Request) -> web.Response:
+        site = self._site(request)
+        site.faults = await request.json()
+        if site.faults.get("outage_s"):
+            site.outage_until = time.time() + float(site.faults["outage_s"])
+        return web.json_response(site.faults)
+
+    async def clear_faults(self, request: web.Request) -> web.Response:
+        site = self._site(request)
+        site.faults, site.outage_until = {}, 0.0
+        return web.json_response({})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({d: s.stats() for d, s in self.sites.items()})
+
+    async def received(self, request: web.Request) -> web.Response:
+        return web.json_response(dict(self._site(request).received))
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.sites = {d: _Site() for d in self.sites}
+        return web.json_response({})
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+
+def _has_field(obj: Any, name: str) -> bool:
+    if isinstance(obj, dict):
+        return name in obj or any(_has_field(v, name) for v in obj.values())
+    if isinstance(obj, list):
+        return any(_has_field(v, name) for v in obj)
+    return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8081, help="0 picks a free port")
+    ap.add_argument("--port-file", help="write the port here once listening")
+    args = ap.parse_args(argv)
+
+    async def serve() -> None:
+        emu = SinkEmulator()
+        port = await emu.start(args.host, args.port)
+        if args.port_file:
+            with open(args.port_file, "w") as fh:
+                fh.write(str(port))
+        print(f"destination emulators on http://{args.host}:{port}/{{{','.join(DESTINATIONS)}}}", flush=True)
+        await asyncio.Event().wait()
+
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

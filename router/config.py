@@ -1,0 +1,404 @@
+"""The config contract (one YAML file) as msgspec Structs.
+
+Every field is documented where it is declared. Unknown keys and bad values are rejected with
+the file, the path of the key and what was expected (``ConfigError``); ``router schema`` prints
+the JSON Schema generated from these types.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DeadLetterConfig",
+    "DedupConfig",
+    "Destination",
+    "Duration",
+    "Route",
+    "Source",
+    "config_schema",
+    "load_config",
+    "parse_config",
+    "routes_schema",
+]
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: says the file, the key path and what was expected."""
+
+    def __init__(self, file: str, path: str, message: str) -> None:
+        self.file, self.path, self.message = file, path, message
+        where = f"{file}: {path}" if path else file
+        super().__init__(f"{where}: {message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Value types written the way operators write them: "250ms", "30s", "24h"; "1MiB".
+
+class Duration(float):
+    """Seconds; written as a number or a string like ``250ms``, ``30s``, ``5m``, ``24h``, ``7d``."""
+
+    _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    _RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+
+    @classmethod
+    def parse(cls, value: Any) -> "Duration":
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            return cls(value)
+        if isinstance(value, str):
+            m = cls._RE.match(value)
+            if m:
+                return cls(float(m.group(1)) * cls._UNITS[m.group(2)])
+        raise ValueError(f"Expected a duration such as `250ms`, `30s`, `5m`, `24h` or seconds >= 0, got {value!r}")
+
+
+class ByteSize(int):
+    """Bytes; written as an integer or a string like ``512KiB``, ``1MiB``."""
+
+    _UNITS = {"": 1, "b": 1, "kib": 1024, "kb": 1000, "mib": 1024**2, "mb": 1000**2, "gib": 1024**3, "gb": 1000**3}
+    _RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
+
+    @classmethod
+    def parse(cls, value: Any) -> "ByteSize":
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return cls(value)
+        if isinstance(value, str):
+            m = cls._RE.match(value)
+            if m and m.group(2).lower() in cls._UNITS and int(m.group(1)) > 0:
+                return cls(int(m.group(1)) * cls._UNITS[m.group(2).lower()])
+        raise ValueError(f"Expected a size such as `512KiB`, `1MiB` or bytes > 0, got {value!r}")
+
+
+def _dec_hook(tp: type, obj: Any) -> Any:
+    if tp in (Duration, ByteSize):
+        return tp.parse(obj)
+    raise NotImplementedError(f"no decoder for {tp}")
+
+
+def _schema_hook(tp: type) -> dict[str, Any]:
+    if tp is Duration:
+        return {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": Duration._RE.pattern}],
+                "description": Duration.__doc__}
+    if tp is ByteSize:
+        return {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string"}], "description": ByteSize.__doc__}
+    raise NotImplementedError
+
+
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+$", min_length=1, max_length=64)]
+Subject = Annotated[str, msgspec.Meta(pattern=r"^[^\s]+$", min_length=1)]
+
+
+class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True, frozen=True):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# nats
+
+class TLSConfig(Base):
+    ca_file: str | None = None  # CA bundle that signs the server certificate
+    cert_file: str | None = None  # client certificate (mutual TLS)
+    key_file: str | None = None  # client key (mutual TLS)
+
+
+class NatsConfig(Base):
+    url: str | list[str] = "nats://127.0.0.1:4222"  # one URL or a list of cluster seed URLs
+    credentials: str | None = None  # path to a .creds file (JWT + nkey)
+    user_env: str | None = None  # name of the environment variable holding the user name
+    password_env: str | None = None  # name of the environment variable holding the password
+    token_env: str | None = None  # name of the environment variable holding an auth token
+    tls: TLSConfig | None = None
+    connect_timeout: Duration = Duration(5)
+
+
+# ---------------------------------------------------------------------------------------------
+# sources
+
+class Source(Base):
+    name: Name  # used in metrics, dead-letter subjects and logs
+    stream: Name  # the JetStream stream to consume
+    subjects: Annotated[list[Subject], msgspec.Meta(min_length=1)]  # subjects the stream captures / the consumer filters
+    durable: Name  # durable pull-consumer name: the router resumes from it after a restart
+    create_stream: bool = True  # create the stream if it does not exist (file storage, limits retention)
+    fetch_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500  # messages per pull request
+    max_inflight_batches: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8  # fetched batches not yet acked
+    ingest_actors: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # ingest actors sharing the durable consumer
+    ack_wait: Duration = Duration(30)  # the consumer's ack wait; in-flight work sends progress acks before it
+    redelivery_delay: Duration = Duration(2)  # NAK delay when a destination could not take a record yet
+
+
+# ---------------------------------------------------------------------------------------------
+# destinations
+
+class BatchConfig(Base):
+    max_records: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 100  # records per request / publish burst
+    max_bytes: ByteSize = ByteSize(1024 * 1024)  # body size cap per request
+    linger: Duration = Duration(0.02)  # how long a partial batch may wait for more records
+
+
+class RetryConfig(Base):
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 6  # per batch, first try included
+    initial_backoff: Duration = Duration(0.2)
+    max_backoff: Duration = Duration(30)
+    multiplier: Annotated[float, msgspec.Meta(ge=1.0, le=10.0)] = 2.0
+    jitter: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5  # fraction of each backoff drawn at random
+
+
+class RateLimitConfig(Base):
+    per_second: Annotated[float, msgspec.Meta(gt=0)]  # requests per second
+    burst: Annotated[int, msgspec.Meta(ge=1)] = 1  # requests allowed at once after an idle spell
+
+
+class AuthConfig(Base):
+    token_env: Annotated[str, msgspec.Meta(min_length=1)]  # environment variable holding the secret
+    header: str = "Authorization"
+    scheme: str = "Bearer"  # prefix before the token; empty for a raw API key header
+
+
+class Destination(Base):
+    kind: Literal["http", "nats"]
+    url: str | None = None  # http: the endpoint that takes a JSON array of records
+    subject: Subject | None = None  # nats: the subject each record is published to
+    jetstream: bool = True  # nats: publish with JetStream acks (the subject must be in a stream)
+    batch: BatchConfig = BatchConfig()
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4  # requests in flight per pool actor
+    rate_limit: RateLimitConfig | None = None  # per pool actor
+    retry: RetryConfig = RetryConfig()
+    pool_size: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # sink actors; each owns a key-hash shard of dedup
+    timeout: Duration = Duration(10)  # per request
+    auth: AuthConfig | None = None
+    headers: dict[str, str] = {}  # extra static request headers (http)
+
+    def __post_init__(self) -> None:
+        if self.kind == "http":
+            if not self.url or not re.match(r"^https?://", self.url):
+                raise ValueError("kind `http` needs `url` starting with http:// or https://")
+            if self.subject is not None:
+                raise ValueError("kind `http` takes `url`, not `subject`")
+        else:
+            if not self.subject:
+                raise ValueError("kind `nats` needs `subject`")
+            if self.url is not None:
+                raise ValueError("kind `nats` takes `subject`, not `url`")
+
+
+# ---------------------------------------------------------------------------------------------
+# routes
+
+class Predicate(Base):
+    """A test on one field of the event (``data.total``, ``source``, ``type``). All given must hold."""
+
+    eq: Any = msgspec.UNSET
+    ne: Any = msgspec.UNSET
+    in_: list[Any] | msgspec.UnsetType = msgspec.field(default=msgspec.UNSET, name="in")
+    not_in: list[Any] | msgspec.UnsetType = msgspec.UNSET
+    gt: float | msgspec.UnsetType = msgspec.UNSET
+    gte: float | msgspec.UnsetType = msgspec.UNSET
+    lt: float | msgspec.UnsetType = msgspec.UNSET
+    lte: float | msgspec.UnsetType = msgspec.UNSET
+    exists: bool | msgspec.UnsetType = msgspec.UNSET
+
+    def __post_init__(self) -> None:
+        if not any(getattr(self, f) is not msgspec.UNSET for f in self.__struct_fields__):
+            raise ValueError("a predicate needs at least one of eq, ne, in, not_in, gt, gte, lt, lte, exists")
+
+
+class Match(Base):
+    subjects: list[Subject] = []  # NATS wildcards (`*`, `>`); empty: any subject
+    types: list[str] = []  # event types; `order.*` matches one family; empty: any type
+    where: dict[str, Predicate] = {}  # field path -> predicate, e.g. `data.channel: {in: [web, pos]}`
+
+
+class Route(Base):
+    name: Name
+    destinations: Annotated[list[Name], msgspec.Meta(min_length=1)]
+    match: Match = Match()
+    encoder: str = "canonical"  # see `router encoders`
+
+
+class RoutesFile(Base):
+    routes: Annotated[list[Route], msgspec.Meta(min_length=1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the rest
+
+class DedupConfig(Base):
+    window: Duration = Duration(24 * 3600)  # how long a delivered (key, destination) is remembered
+    max_keys_per_shard: Annotated[int, msgspec.Meta(ge=1000)] = 5_000_000  # memory bound; oldest go first
+    stream: Name = "ROUTER_DEDUP"  # JetStream stream that makes the dedup state durable
+
+
+class DeadLetterConfig(Base):
+    stream: Name = "ROUTER_DLQ"
+    subject_prefix: Subject = "router.dlq"  # `<prefix>.ingest.<source>` and `<prefix>.<destination>`
+    max_age: Duration = Duration(14 * 86400)
+
+
+class MetricsConfig(Base):
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464  # 0 turns the endpoint off
+    host: str = "127.0.0.1"
+
+
+class RayConfig(Base):
+    address: str | None = None  # an existing cluster (`auto`, `ray://...`); none: start a local Ray
+    namespace: Name = "router"
+    object_store_memory: ByteSize | None = None  # local Ray only
+
+
+class Config(Base):
+    sources: Annotated[list[Source], msgspec.Meta(min_length=1)]
+    destinations: Annotated[dict[Name, Destination], msgspec.Meta(min_length=1)]
+    routes: list[Route] | str  # the routes, or a path (relative to this file) to a routes YAML file
+    on_unrouted: Literal["dead_letter", "drop"] = "dead_letter"  # an event no route matches
+    nats: NatsConfig = NatsConfig()
+    dedup: DedupConfig = DedupConfig()
+    dead_letter: DeadLetterConfig = DeadLetterConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    ray: RayConfig = RayConfig()
+
+    @property
+    def route_list(self) -> list[Route]:
+        assert isinstance(self.routes, list), "routes are resolved by load_config"
+        return self.routes
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+def _convert(obj: Any, tp: Any, file: str, prefix: str) -> Any:
+    try:
+        return msgspec.convert(obj, tp, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        m = re.search(r" - at `\$(.*)`$", msg)
+        path = prefix
+        if m:
+            msg = msg[: m.start()]
+            path = prefix + m.group(1)
+        raise ConfigError(file, path.lstrip(".") or "(top level)", msg) from None
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(path), "", f"not valid YAML: {where}{getattr(exc, 'problem', exc)}") from None
+
+
+def _parse_routes(raw: Any, file: str, prefix: str) -> list[Route]:
+    if not isinstance(raw, list):
+        raise ConfigError(file, prefix, f"Expected `array` of routes, got `{type(raw).__name__}`")
+    # Entry by entry, so an error inside a `where` mapping names its field path.
+    for i, r in enumerate(raw):
+        if isinstance(r, dict) and isinstance((r.get("match") or {}).get("where"), dict):
+            for field, pred in r["match"]["where"].items():
+                _convert(pred, Predicate, file, f"{prefix}[{i}].match.where.{field}")
+    return _convert(raw, list[Route], file, prefix)
+
+
+def parse_config(raw: Any, file: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Validate a config already read into Python objects; resolves a routes file path."""
+    if not isinstance(raw, dict):
+        raise ConfigError(file, "", f"Expected a mapping at the top level, got `{type(raw).__name__}`")
+    raw = dict(raw)
+    for name, dest in (raw.get("destinations") or {}).items() if isinstance(raw.get("destinations"), dict) else ():
+        _convert(dest, Destination, file, f"destinations.{name}")
+    routes_raw = raw.get("routes")
+    routes_file = file
+    if isinstance(routes_raw, str):
+        rpath = Path(routes_raw)
+        if not rpath.is_absolute():
+            rpath = (base_dir or Path.cwd()) / rpath
+        routes_file = str(rpath)
+        doc = _read_yaml(rpath)
+        if not isinstance(doc, dict):
+            raise ConfigError(routes_file, "", "Expected a mapping with a `routes` list")
+        extra = sorted(set(doc) - {"routes"})
+        if extra:
+            raise ConfigError(routes_file, extra[0], "unknown key: a routes file holds only `routes`")
+        routes = _parse_routes(doc.get("routes"), routes_file, "routes")
+        raw["routes"] = [msgspec.to_builtins(r) for r in routes]
+    elif routes_raw is not None:
+        _parse_routes(routes_raw, file, "routes")
+    cfg: Config = _convert(raw, Config, file, "")
+    _check_references(cfg, file, routes_file)
+    return cfg
+
+
+def _check_references(cfg: Config, file: str, routes_file: str) -> None:
+    from router.codecs import ENCODERS  # late: codecs is a sibling package
+
+    known = sorted(cfg.destinations)
+    seen_routes: set[str] = set()
+    for i, route in enumerate(cfg.route_list):
+        if route.name in seen_routes:
+            raise ConfigError(routes_file, f"routes[{i}].name", f"duplicate route name `{route.name}`")
+        seen_routes.add(route.name)
+        for j, dest in enumerate(route.destinations):
+            if dest not in cfg.destinations:
+                raise ConfigError(routes_file, f"routes[{i}].destinations[{j}]",
+                                  f"unknown destination `{dest}`; expected one of: {', '.join(known)}")
+        enc = ENCODERS.get(route.encoder)
+        if enc is None:
+            raise ConfigError(routes_file, f"routes[{i}].encoder",
+                              f"unknown encoder `{route.encoder}`; expected one of: {', '.join(sorted(ENCODERS))}")
+        if enc.families is not None:
+            if not route.match.types:
+                raise ConfigError(routes_file, f"routes[{i}].match.types",
+                                  f"encoder `{enc.name}` only encodes {sorted(enc.families)} events: "
+                                  "list the event types this route takes")
+            for k, t in enumerate(route.match.types):
+                if t.split(".", 1)[0] not in enc.families:
+                    raise ConfigError(routes_file, f"routes[{i}].match.types[{k}]",
+                                      f"encoder `{enc.name}` cannot encode `{t}`; it takes {sorted(enc.families)} events")
+    names, durables = set(), set()
+    for i, src in enumerate(cfg.sources):
+        if src.name in names:
+            raise ConfigError(file, f"sources[{i}].name", f"duplicate source name `{src.name}`")
+        if (src.stream, src.durable) in durables:
+            raise ConfigError(file, f"sources[{i}].durable", f"durable `{src.durable}` on `{src.stream}` is used twice")
+        names.add(src.name)
+        durables.add((src.stream, src.durable))
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, validate and resolve a config file; raises ConfigError naming file, key and expectation."""
+    p = Path(path)
+    return parse_config(_read_yaml(p), str(p), p.parent)
+
+
+def check_environment(cfg: Config, file: str = "<config>") -> None:
+    """Fail at start-up, not at the first message, when a secret the config names is missing."""
+    for name, dest in cfg.destinations.items():
+        if dest.auth and dest.auth.token_env not in os.environ:
+            raise ConfigError(file, f"destinations.{name}.auth.token_env",
+                              f"environment variable `{dest.auth.token_env}` is not set")
+    for key in ("user_env", "password_env", "token_env"):
+        var = getattr(cfg.nats, key)
+        if var and var not in os.environ:
+            raise ConfigError(file, f"nats.{key}", f"environment variable `{var}` is not set")
+
+
+def config_schema() -> dict[str, Any]:
+    return msgspec.json.schema(Config, schema_hook=_schema_hook)
+
+
+def routes_schema() -> dict[str, Any]:
+    return msgspec.json.schema(RoutesFile, schema_hook=_schema_hook)

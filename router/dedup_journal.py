@@ -1,0 +1,89 @@
+"""Durable dedup state: one JetStream stream, one subject per destination.
+
+Why a stream and not a KV bucket: a KV write is one message per key, while the journal writes
+one message per delivered batch (8 bytes per key), so it costs one publish per HTTP request or
+NATS burst; the stream's ``max_age`` is the dedup window, so JetStream expires old keys for us.
+A sink actor that starts (or that Ray restarts) replays its destination's subject and keeps the
+keys of its own shard, so changing ``pool_size`` needs no migration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from typing import Callable
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext, api
+
+from .dedup_index import DedupIndex
+
+__all__ = ["DedupJournal", "journal_subject"]
+
+log = logging.getLogger(__name__)
+_HASH = struct.Struct(">Q")
+
+
+def journal_subject(stream: str, destination: str) -> str:
+    return f"router.dedup.{stream.lower()}.{destination}"
+
+
+class DedupJournal:
+    def __init__(self, js: JetStreamContext, stream: str, destination: str) -> None:
+        self._js = js
+        self._stream = stream
+        self.subject = journal_subject(stream, destination)
+
+    async def commit(self, hashes: list[int], stop: Callable[[], bool] = lambda: False) -> None:
+        """Persist delivered keys; retries until JetStream has them (the source stays unacked meanwhile)."""
+        payload = b"".join(_HASH.pack(h) for h in hashes)
+        delay = 0.1
+        while True:
+            try:
+                await self._js.publish(self.subject, payload, stream=self._stream, timeout=5)
+                return
+            except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:
+                if stop():
+                    raise
+                log.warning("dedup journal %s: publish failed (%s), retrying in %.1fs", self.subject, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def load(self, index: DedupIndex, keep: Callable[[int], bool]) -> int:
+        """Replay this destination's keys (inside the window) into ``index``; returns how many were kept."""
+        kept = 0
+        try:
+            info = await self._js.stream_info(self._stream, subjects_filter=self.subject)
+        except nats.js.errors.NotFoundError:
+            return 0
+        if not info.state.subjects or not info.state.subjects.get(self.subject):
+            return 0
+        sub = await self._js.pull_subscribe(
+            self.subject,
+            stream=self._stream,
+            config=api.ConsumerConfig(
+                ack_policy=api.AckPolicy.NONE,
+                deliver_policy=api.DeliverPolicy.ALL,
+                inactive_threshold=60.0,
+                mem_storage=True,
+            ),
+        )
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(1000, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    break
+                for m in msgs:
+                    at = m.metadata.timestamp.timestamp()
+                    hashes = [h for (h,) in _HASH.iter_unpack(m.data) if keep(h)]
+                    index.add_many(hashes, at)
+                    kept += len(hashes)
+                if msgs and msgs[-1].metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+        return kept
+

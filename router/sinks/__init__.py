@@ -1,0 +1,5 @@
+"""Destination kinds: each sink sends one batch and says what happened (``outcome``)."""
+
+from .outcome import Delivered, Outcome, Permanent, Transient
+
+__all__ = ["Delivered", "Outcome", "Permanent", "Transient"]

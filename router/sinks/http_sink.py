@@ -1,0 +1,78 @@
+"""HTTP destinations: ``POST`` a JSON array of records (the HTTP contract in DESIGN.md).
+
+aiohttp rather than httpx: it is the faster asyncio client for many small requests, keeps a
+pooled connector per destination, and already ships with Ray's dependencies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import time
+
+import aiohttp
+
+from router.config import Destination
+
+from .outcome import Delivered, Outcome, Permanent, Transient
+
+__all__ = ["HttpSink", "parse_retry_after"]
+
+# Statuses that blame the records rather than the request as a whole: a split batch isolates them.
+_RECORD_LEVEL = {400, 409, 413, 422}
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as delay-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class HttpSink:
+    def __init__(self, name: str, cfg: Destination) -> None:
+        self.name = name
+        self.cfg = cfg
+        self._headers = {"Content-Type": "application/json", **cfg.headers}
+        if cfg.auth:
+            token = os.environ[cfg.auth.token_env]
+            self._headers[cfg.auth.header] = f"{cfg.auth.scheme} {token}".strip()
+        self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.cfg.concurrency * 2, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+
+    async def close(self) -> None:
+        if self._session:
+            await self._session.close()
+
+    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes]) -> Outcome:
+        assert self._session is not None, "start() first"
+        body = b"[" + b",".join(payloads) + b"]"
+        headers = dict(self._headers)
+        headers["Idempotency-Key"] = batch_id
+        try:
+            async with self._session.post(self.cfg.url, data=body, headers=headers) as resp:
+                status = resp.status
+                if 200 <= status < 300:
+                    await resp.read()
+                    return Delivered()
+                excerpt = (await resp.text(errors="replace"))[:512]
+                reason = f"HTTP {status} from {self.name}"
+                if status in (408, 429) or status >= 500:
+                    return Transient(reason, parse_retry_after(resp.headers.get("Retry-After")))
+                return Permanent(reason, status, excerpt, status in _RECORD_LEVEL)
+        except asyncio.TimeoutError:
+            return Transient(f"timeout after {self.cfg.timeout:g}s from {self.name}")
+        except aiohttp.ClientError as exc:
+            return Transient(f"connection error to {self.name}: {exc.__class__.__name__}: {exc}")
