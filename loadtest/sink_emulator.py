@@ -5,10 +5,12 @@ router's HTTP contract (a JSON array of records, each with ``idempotency_key`` a
 ``correlation_id``), counts what it received by key, and can be told to misbehave:
 
     POST /faults/<dest>  {"latency_ms": 200, "error_rate": 0.1, "status": 503, "outage_s": 30,
-                          "retry_after": 2, "reject_field": "carrier"}
+                          "retry_after": 2, "reject_field": "carrier",
+                          "reject_keys": ["order-..."]}
     DELETE /faults/<dest>
     GET /stats           per destination: records, unique keys, duplicates, requests, batches
     GET /received/<dest> key -> times received
+    GET /records/<dest>  the first 10,000 records with the batch Idempotency-Key they came in
     POST /reset
 
 Run alone: ``python -m router.loadtest.sink_emulator --port 8081``.
@@ -19,14 +21,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-__all__ = ["SinkEmulator", "DESTINATIONS", "main"]
+__all__ = ["DESTINATIONS", "EmulatorProcess", "SinkEmulator", "main"]
 
 DESTINATIONS = ("erp", "marketplace", "carrier")
 
@@ -40,6 +45,7 @@ class _Site:
         self.faults: dict[str, Any] = {}
         self.outage_until = 0.0
         self.request_times: list[float] = []
+        self.samples: list[dict[str, Any]] = []  # the first records and their batch headers, for contract checks
 
     def stats(self) -> dict[str, Any]:
         records = sum(self.received.values())
@@ -57,6 +63,7 @@ class SinkEmulator:
             web.delete("/faults/{dest}", self.clear_faults),
             web.get("/stats", self.stats),
             web.get("/received/{dest}", self.received),
+            web.get("/records/{dest}", self.records),
             web.post("/reset", self.reset),
             web.post("/{dest}", self.deliver),
         ])
@@ -101,7 +108,13 @@ class SinkEmulator:
             if bad and _has_field(r, bad):
                 site.rejected += 1
                 return web.Response(status=400, text=f"record {i}: field {bad!r} is not accepted")
-        site.batches[request.headers.get("Idempotency-Key", "")] += 1
+            if r["idempotency_key"] in f.get("reject_keys", ()):
+                site.rejected += 1
+                return web.Response(status=400, text=f"record {i}: {r['idempotency_key']} fails validation")
+        batch_key = request.headers.get("Idempotency-Key", "")
+        site.batches[batch_key] += 1
+        if len(site.samples) < 10_000:
+            site.samples.extend({"batch_idempotency_key": batch_key, "record": r} for r in records)
         site.received.update(r["idempotency_key"] for r in records)
         return web.json_response({"accepted": len(records)})
 
@@ -123,6 +136,9 @@ class SinkEmulator:
     async def received(self, request: web.Request) -> web.Response:
         return web.json_response(dict(self._site(request).received))
 
+    async def records(self, request: web.Request) -> web.Response:
+        return web.json_response(self._site(request).samples)
+
     async def reset(self, request: web.Request) -> web.Response:
         self.sites = {d: _Site() for d in self.sites}
         return web.json_response({})
@@ -138,6 +154,40 @@ class SinkEmulator:
     async def stop(self) -> None:
         if self._runner:
             await self._runner.cleanup()
+
+
+class EmulatorProcess:
+    """The emulators in their own process, as a real remote service would be (demo, tests, bench)."""
+
+    def __init__(self, workdir: str) -> None:
+        self.port_file = Path(workdir) / "emulator.port"
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 20.0) -> "EmulatorProcess":
+        self.port_file.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "router.loadtest.sink_emulator", "--port", "0", "--port-file", str(self.port_file)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"destination emulator exited: {self.proc.stderr.read().decode()[-2000:]}")
+            if self.port_file.exists() and self.port_file.read_text().strip():
+                self.url = f"http://127.0.0.1:{self.port_file.read_text().strip()}"
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"destination emulator did not start within {timeout:g}s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def _has_field(obj: Any, name: str) -> bool:

@@ -94,3 +94,7 @@ def encoders() -> None:
     for e in sorted(ENCODERS.values(), key=lambda e: e.name):
         fams = ", ".join(sorted(e.families)) if e.families else "any"
         click.echo(f"{e.name:<24} {fams:<20} {e.description}")
+
+
+if __name__ == "__main__":
+    main()

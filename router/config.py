@@ -27,6 +27,7 @@ __all__ = [
     "config_schema",
     "load_config",
     "parse_config",
+    "parse_section",
     "routes_schema",
 ]
 
@@ -116,7 +117,7 @@ class NatsConfig(Base):
     password_env: str | None = None  # name of the environment variable holding the password
     token_env: str | None = None  # name of the environment variable holding an auth token
     tls: TLSConfig | None = None
-    connect_timeout: Duration = Duration(5)
+    connect_timeout: Duration = 5.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,8 +132,8 @@ class Source(Base):
     fetch_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500  # messages per pull request
     max_inflight_batches: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8  # fetched batches not yet acked
     ingest_actors: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # ingest actors sharing the durable consumer
-    ack_wait: Duration = Duration(30)  # the consumer's ack wait; in-flight work sends progress acks before it
-    redelivery_delay: Duration = Duration(2)  # NAK delay when a destination could not take a record yet
+    ack_wait: Duration = 30.0  # the consumer's ack wait; in-flight work sends progress acks before it
+    redelivery_delay: Duration = 2.0  # NAK delay when a destination could not take a record yet
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,14 +141,14 @@ class Source(Base):
 
 class BatchConfig(Base):
     max_records: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 100  # records per request / publish burst
-    max_bytes: ByteSize = ByteSize(1024 * 1024)  # body size cap per request
-    linger: Duration = Duration(0.02)  # how long a partial batch may wait for more records
+    max_bytes: ByteSize = 1024 * 1024  # body size cap per request
+    linger: Duration = 0.02  # how long a partial batch may wait for more records
 
 
 class RetryConfig(Base):
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 6  # per batch, first try included
-    initial_backoff: Duration = Duration(0.2)
-    max_backoff: Duration = Duration(30)
+    initial_backoff: Duration = 0.2
+    max_backoff: Duration = 30.0
     multiplier: Annotated[float, msgspec.Meta(ge=1.0, le=10.0)] = 2.0
     jitter: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5  # fraction of each backoff drawn at random
 
@@ -173,7 +174,7 @@ class Destination(Base):
     rate_limit: RateLimitConfig | None = None  # per pool actor
     retry: RetryConfig = RetryConfig()
     pool_size: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # sink actors; each owns a key-hash shard of dedup
-    timeout: Duration = Duration(10)  # per request
+    timeout: Duration = 10.0  # per request
     auth: AuthConfig | None = None
     headers: dict[str, str] = {}  # extra static request headers (http)
 
@@ -232,7 +233,7 @@ class RoutesFile(Base):
 # the rest
 
 class DedupConfig(Base):
-    window: Duration = Duration(24 * 3600)  # how long a delivered (key, destination) is remembered
+    window: Duration = 24 * 3600  # how long a delivered (key, destination) is remembered
     max_keys_per_shard: Annotated[int, msgspec.Meta(ge=1000)] = 5_000_000  # memory bound; oldest go first
     stream: Name = "ROUTER_DEDUP"  # JetStream stream that makes the dedup state durable
 
@@ -240,7 +241,7 @@ class DedupConfig(Base):
 class DeadLetterConfig(Base):
     stream: Name = "ROUTER_DLQ"
     subject_prefix: Subject = "router.dlq"  # `<prefix>.ingest.<source>` and `<prefix>.<destination>`
-    max_age: Duration = Duration(14 * 86400)
+    max_age: Duration = 14 * 86400
 
 
 class MetricsConfig(Base):
@@ -376,6 +377,11 @@ def _check_references(cfg: Config, file: str, routes_file: str) -> None:
             raise ConfigError(file, f"sources[{i}].durable", f"durable `{src.durable}` on `{src.stream}` is used twice")
         names.add(src.name)
         durables.add((src.stream, src.durable))
+
+
+def parse_section(raw: Any, tp: Any, file: str = "<config>", path: str = "") -> Any:
+    """Validate one part of a config (a destination, a source) on its own."""
+    return _convert(raw, tp, file, path)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

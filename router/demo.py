@@ -14,12 +14,10 @@ import asyncio
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,6 +26,7 @@ from nats.js import api
 
 from router.codecs import EventDecoder, InvalidEvent
 from router.loadtest.retail_events import RetailEventFactory
+from router.loadtest.sink_emulator import EmulatorProcess
 from router.routes import DEFAULT_ROUTES
 
 from .config import Config, parse_config
@@ -36,7 +35,7 @@ from .embedded_nats import EmbeddedNats
 from .routing import RouteTable
 from .supervisor import Supervisor
 
-__all__ = ["demo_config", "run_demo"]
+__all__ = ["demo_config", "demo_config_dict", "expected_deliveries", "read_dead_letters", "run_demo"]
 
 SOURCES = [
     {"name": "orders", "stream": "RETAIL_ORDERS", "subjects": ["retail.orders.>"], "durable": "router-orders"},
@@ -47,8 +46,9 @@ SOURCES = [
 ]
 
 
-def demo_config(nats_url: str, emulator_url: str, routes: str = DEFAULT_ROUTES) -> Config:
-    return parse_config({
+def demo_config_dict(nats_url: str, emulator_url: str, routes: str = DEFAULT_ROUTES) -> dict[str, Any]:
+    """The demo's config as plain data (tests start from it and change what they test)."""
+    return {
         "nats": {"url": nats_url},
         "sources": SOURCES,
         "destinations": {
@@ -58,45 +58,25 @@ def demo_config(nats_url: str, emulator_url: str, routes: str = DEFAULT_ROUTES) 
         },
         "routes": routes,
         "metrics": {"port": 0},
-    }, "<demo>")
+    }
 
 
-class _Emulator:
-    """The destination emulators in their own process, as a real remote service would be."""
+def demo_config(nats_url: str, emulator_url: str) -> Config:
+    return parse_config(demo_config_dict(nats_url, emulator_url), "<demo>")
 
-    def __init__(self, workdir: str) -> None:
-        self.port_file = Path(workdir) / "emulator.port"
-        self.proc: subprocess.Popen | None = None
-        self.url = ""
 
-    def start(self, timeout: float = 20.0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router.loadtest.sink_emulator", "--port", "0", "--port-file", str(self.port_file)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"destination emulator exited: {self.proc.stderr.read().decode()[-2000:]}")
-            if self.port_file.exists() and self.port_file.read_text().strip():
-                self.url = f"http://127.0.0.1:{self.port_file.read_text().strip()}"
-                return
-            time.sleep(0.05)
-        raise RuntimeError("destination emulator did not start within 20s")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+def _interrupts_cancel(task: asyncio.Task) -> None:
+    """Ctrl-C and SIGTERM cancel the demo, whose ``finally`` blocks stop what it started."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
 
 
 def _say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-def _expected(cfg: Config, events: list[Any]) -> dict[str, set[str]]:
+def expected_deliveries(cfg: Config, events: list[Any]) -> dict[str, set[str]]:
     """What each destination must end up with: every routed key once, by the same route table."""
     table, decoder = RouteTable(cfg.route_list), EventDecoder()
     out: dict[str, set[str]] = defaultdict(set)
@@ -110,7 +90,7 @@ def _expected(cfg: Config, events: list[Any]) -> dict[str, set[str]]:
     return out
 
 
-async def _read_dead_letters(js: Any, stream: str) -> list[dict[str, str]]:
+async def read_dead_letters(js: Any, stream: str) -> list[dict[str, str]]:
     out = []
     try:
         info = await js.stream_info(stream)
@@ -129,15 +109,17 @@ async def _read_dead_letters(js: Any, stream: str) -> list[dict[str, str]]:
 
 async def _demo(events: int, duplicate_ratio: float, malformed: int, workdir: str, nats_url: str,
                 emulator_url: str, timeout: float) -> int:
+    _interrupts_cancel(asyncio.current_task())
     cfg = demo_config(nats_url, emulator_url)
     factory = RetailEventFactory(seed=int(time.time()))
     burst = list(factory.burst(events, duplicate_ratio=duplicate_ratio, malformed=malformed))
-    expected = _expected(cfg, burst)
+    expected = expected_deliveries(cfg, burst)
 
     _say("starting Ray and the router actors ...")
     sup = Supervisor(cfg)
     t0 = time.monotonic()
     await sup.start()
+    _interrupts_cancel(asyncio.current_task())  # again: ray.init replaced the SIGTERM handler
     _say(f"router up in {time.monotonic() - t0:.1f}s: {len(cfg.sources)} sources, "
          f"{sum(d.pool_size for d in cfg.destinations.values())} sink actors, routes from {DEFAULT_ROUTES}")
     try:
@@ -184,7 +166,7 @@ async def _demo(events: int, duplicate_ratio: float, malformed: int, workdir: st
             for d in cfg.destinations:
                 async with http.get(f"{emulator_url}/received/{d}") as r:
                     received[d] = await r.json()
-        letters = await _read_dead_letters(js, cfg.dead_letter.stream)
+        letters = await read_dead_letters(js, cfg.dead_letter.stream)
         await nc.close()
     finally:
         await sup.stop()
@@ -217,18 +199,16 @@ async def _demo(events: int, duplicate_ratio: float, malformed: int, workdir: st
 def run_demo(events: int = 5000, duplicate_ratio: float = 0.05, malformed: int = 6, timeout: float = 180.0) -> int:
     import ray
 
-    # SIGTERM cleans up like Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     workdir = tempfile.mkdtemp(prefix="router-demo-")
     server = EmbeddedNats(store_dir=os.path.join(workdir, "jetstream"))
-    emulator = _Emulator(workdir)
+    emulator = EmulatorProcess(workdir)
     try:
         server.start()
         _say(f"embedded nats-server with JetStream on {server.url} (store in {workdir})")
         emulator.start()
         _say(f"ERP, marketplace and carrier emulators on {emulator.url}")
         return asyncio.run(_demo(events, duplicate_ratio, malformed, workdir, server.url, emulator.url, timeout))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         _say("\ninterrupted: stopping everything the demo started")
         return 130
     finally:

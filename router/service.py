@@ -27,8 +27,6 @@ def status_line(st: RouterStats) -> str:
 async def run_service(cfg: Config, status_every: float = 10.0, drain_timeout: float = 60.0) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
 
     collector: StatsCollector | None = None
     if cfg.metrics.port:
@@ -37,6 +35,10 @@ async def run_service(cfg: Config, status_every: float = 10.0, drain_timeout: fl
 
     sup = Supervisor(cfg)
     await sup.start()
+    # After start: ray.init installs its own SIGTERM handler in the driver, which would kill the
+    # process without a drain.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     log.info("router running: %d source(s), %d destination(s); Ctrl-C drains and stops",
              len(cfg.sources), len(cfg.destinations))
     try:
@@ -55,6 +57,5 @@ async def run_service(cfg: Config, status_every: float = 10.0, drain_timeout: fl
         log.info("stopping: draining in-flight batches (up to %.0fs)", drain_timeout)
     finally:
         await sup.stop(timeout=drain_timeout)
-        st_final = "drained"
-        log.info("%s", st_final)
         ray.shutdown()
+        log.info("drained and stopped")

@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import orjson
+import pytest
+
+from router.codecs import EventDecoder
+from router.config import Match, Predicate, Route, load_config
+from router.routing import RouteTable, wildcard_match
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "router.example.yaml"
+
+dec = EventDecoder()
+
+
+@pytest.mark.parametrize("pattern,value,ok", [
+    ("retail.orders.>", "retail.orders.web", True),
+    ("retail.orders.>", "retail.orders.web.eu", True),
+    ("retail.orders.>", "retail.orders", False),
+    ("retail.*.web", "retail.orders.web", True),
+    ("retail.*.web", "retail.orders.pos", False),
+    ("order.*", "order.created", True),
+    ("order.*", "order.created.v2", False),
+    (">", "anything.at.all", True),
+    ("order.created", "order.created", True),
+])
+def test_wildcards(pattern, value, ok):
+    assert wildcard_match(pattern, value) is ok
+
+
+def event(type_, data, subject, source="test"):
+    body = {"idempotency_key": "k", "type": type_, "source": source, "occurred_at": "2026-11-27T10:00:00Z", "data": data}
+    return dec.decode(orjson.dumps(body), None, subject)
+
+
+ORDER = {"order_id": "O", "currency": "EUR", "total": 1.0, "lines": [{"sku": "A", "quantity": 1, "unit_price": 1.0}]}
+SHIP = {"shipment_id": "S", "order_id": "O", "carrier": "ups"}
+RET = {"order_id": "O", "return_id": "R", "lines": [{"sku": "A", "quantity": 1}]}
+
+
+# The default route table, case by case: (event, the destinations it must reach).
+DEFAULT_CASES = [
+    (("order.created", {**ORDER, "channel": "web"}, "retail.orders.web"), {"erp"}),
+    (("order.cancelled", {**ORDER, "channel": "marketplace"}, "retail.orders.marketplace"), {"erp", "marketplace"}),
+    (("inventory.adjusted", {"sku": "A", "location_id": "dc", "delta": 1, "reason": "r"}, "retail.inventory.dc"),
+     {"marketplace", "erp"}),
+    (("shipment.requested", SHIP, "retail.shipments.ups"), {"carrier"}),
+    (("shipment.dispatched", SHIP, "retail.shipments.ups"), {"erp", "marketplace"}),
+    (("return.requested", {**RET, "needs_label": True}, "retail.returns.web"), {"carrier", "erp"}),
+    (("return.requested", {**RET, "needs_label": False}, "retail.returns.web"), {"erp"}),
+    (("refund.issued", {"refund_id": "F", "order_id": "O", "amount": 5.0, "currency": "EUR"}, "retail.refunds.web"),
+     {"erp"}),
+    (("promo.started", {"code": "BF"}, "retail.orders.web"), set()),
+    (("order.created", {**ORDER, "channel": "web"}, "legacy.orders.web"), set()),
+]
+
+
+@pytest.mark.parametrize("ev,dests", DEFAULT_CASES)
+def test_default_routes(ev, dests):
+    table = RouteTable(load_config(EXAMPLE).route_list)
+    got = table.targets(event(*ev))
+    assert {t.destination for t in got} == dests
+    assert len(got) == len(dests)  # each destination once
+
+
+def test_first_route_picks_the_encoder():
+    table = RouteTable(load_config(EXAMPLE).route_list)
+    [t] = table.targets(event("shipment.requested", SHIP, "retail.shipments.ups"))
+    assert t.encoder.name == "carrier_label_request" and t.route == "shipments-to-carrier"
+
+
+def route(where, dests=("erp",)):
+    return Route(name="r", destinations=list(dests), match=Match(where=where))
+
+
+@pytest.mark.parametrize("pred,total,ok", [
+    (Predicate(gt=100), 150.0, True),
+    (Predicate(gt=100), 50.0, False),
+    (Predicate(gte=50, lt=60), 50.0, True),
+    (Predicate(lte=10), 10.0, True),
+    (Predicate(eq=7.5), 7.5, True),
+    (Predicate(ne=7.5), 7.5, False),
+    (Predicate(in_=[1.0, 2.0]), 2.0, True),
+    (Predicate(not_in=[1.0, 2.0]), 2.0, False),
+])
+def test_predicates(pred, total, ok):
+    table = RouteTable([route({"data.total": pred})])
+    ev = event("order.created", {**ORDER, "channel": "web", "total": total}, "s")
+    assert bool(table.targets(ev)) is ok
+
+
+def test_missing_field_only_satisfies_negative_predicates():
+    ev = event("order.created", {**ORDER, "channel": "web"}, "s")  # no customer_id
+    assert not RouteTable([route({"data.customer_id": Predicate(eq="C1")})]).targets(ev)
+    assert RouteTable([route({"data.customer_id": Predicate(ne="C1")})]).targets(ev)
+    assert RouteTable([route({"data.customer_id": Predicate(exists=False)})]).targets(ev)
+    assert not RouteTable([route({"data.customer_id": Predicate(exists=True)})]).targets(ev)
+    assert RouteTable([route({"source": Predicate(eq="test")})]).targets(ev)
