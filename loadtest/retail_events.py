@@ -133,8 +133,17 @@ class RetailEventFactory:
                                 [45, 30, 15, 6, 4])[0]
         return pick()
 
-    def burst(self, count: int, duplicate_ratio: float = 0.0, malformed: int = 0) -> Iterator[GeneratedEvent]:
-        """``count`` events; a share re-sent with the same key later in the burst; ``malformed`` bad ones."""
+    def resent(self, ev: GeneratedEvent, minutes_later: float) -> GeneratedEvent:
+        """The same event (same key) as a producer would re-send it later: a new message, a later time."""
+        body = orjson.loads(ev.payload)
+        t = datetime.fromisoformat(body["occurred_at"].replace("Z", "+00:00")) + timedelta(minutes=minutes_later)
+        body["occurred_at"] = t.isoformat().replace("+00:00", "Z")
+        return ev._replace(payload=orjson.dumps(body))
+
+    def burst(self, count: int, duplicate_ratio: float = 0.0, malformed: int = 0,
+              resend_after_minutes: float = 0.0) -> Iterator[GeneratedEvent]:
+        """``count`` events; a share re-sent with the same key later in the burst (``resend_after_minutes``
+        later in event time, when given); ``malformed`` bad ones."""
         sent: list[GeneratedEvent] = []
         bad_at = set(self.rng.sample(range(count), min(malformed, count))) if malformed else set()
         bad_i = 0
@@ -144,7 +153,8 @@ class RetailEventFactory:
                 bad_i += 1
                 yield GeneratedEvent("retail.orders.web", payload, "", "", None, why)
             elif sent and self.rng.random() < duplicate_ratio:
-                yield self.rng.choice(sent)  # same key, same body: a producer retry or a replay
+                again = self.rng.choice(sent)  # same key: a producer retry or a replay
+                yield self.resent(again, resend_after_minutes) if resend_after_minutes else again
             else:
                 ev = self.mix()
                 sent.append(ev)

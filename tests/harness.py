@@ -71,3 +71,35 @@ async def consumer_state(url: str, stream: str, durable: str) -> tuple[int, int]
     info = await nc.jetstream().consumer_info(stream, durable)
     await nc.close()
     return info.num_pending, info.num_ack_pending
+
+
+async def all_received(emulator_url: str, dests: list[str]) -> dict[str, dict[str, int]]:
+    return {d: await received(emulator_url, d) for d in dests}
+
+
+def in_flight_bound(cfg: Config, dest: str, shards: int | None = None) -> int:
+    """Records that can be between a destination's 2xx and the dedup journal at one instant:
+    requests in flight per sink actor x records per request x sink actors."""
+    d = cfg.destinations[dest]
+    return (d.pool_size if shards is None else shards) * d.concurrency * d.batch.max_records
+
+
+def duplicates_of(got: dict[str, int]) -> int:
+    return sum(n - 1 for n in got.values() if n > 1)
+
+
+def kill_process_tree(pid: int) -> None:
+    """kill -9 a process and everything it started (Ray's head processes and workers included)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    procs = [root, *root.children(recursive=True)]
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
