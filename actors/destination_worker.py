@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import ray
 
@@ -18,6 +19,7 @@ from router.dedup_index import DedupIndex
 from router.dedup_journal import DedupJournal
 from router.delivery import DestinationDelivery, DestinationStats, Record, SubmitResult
 from router.nats_connection import connect
+from router.parking import ParkingLot
 from router.rate_limit import TokenBucket
 from router.sinks.http_sink import HttpSink
 from router.sinks.nats_sink import NatsSink
@@ -55,8 +57,10 @@ class DestinationWorker:
                 await sink.start()
                 limiter = TokenBucket(dest.rate_limit.per_second, dest.rate_limit.burst) if dest.rate_limit else None
                 dlq = DeadLetterPublisher(js, cfg.dead_letter.stream, cfg.dead_letter.subject_prefix)
-                delivery = DestinationDelivery(self.name, dest, sink, journal, index, dlq, limiter=limiter)
-                delivery.start()
+                parking = ParkingLot(js, cfg.parking.stream, cfg.parking.subject_prefix, self.name, shard)
+                delivery = DestinationDelivery(self.name, dest, sink, journal, index, dlq, parking=parking,
+                                               limiter=limiter)
+                await delivery.start()
                 self._delivery = delivery
         return self._delivery
 
@@ -75,8 +79,6 @@ class DestinationWorker:
         return self._delivery.snapshot()
 
     async def pid(self) -> int:
-        import os
-
         return os.getpid()
 
     async def close(self) -> DestinationStats:
@@ -86,5 +88,5 @@ class DestinationWorker:
         await self._delivery.close()
         await self._delivery.sink.close()
         if self._nc is not None:
-            await self._nc.drain()
+            await self._nc.close()  # everything was awaited above; a drain would wait on idle pull requests
         return self._delivery.snapshot()

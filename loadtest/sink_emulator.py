@@ -5,6 +5,7 @@ router's HTTP contract (a JSON array of records, each with ``idempotency_key`` a
 ``correlation_id``), counts what it received by key, and can be told to misbehave:
 
     POST /faults/<dest>  {"latency_ms": 200, "error_rate": 0.1, "status": 503, "outage_s": 30,
+                          "fail_requests": 1,
                           "retry_after": 2, "reject_field": "carrier",
                           "reject_keys": ["order-..."]}
     DELETE /faults/<dest>
@@ -45,12 +46,14 @@ class _Site:
         self.faults: dict[str, Any] = {}
         self.outage_until = 0.0
         self.request_times: list[float] = []
+        self.failed_at: list[float] = []  # when injected `fail_requests` failures were answered
         self.samples: list[dict[str, Any]] = []  # the first records and their batch headers, for contract checks
 
     def stats(self) -> dict[str, Any]:
         records = sum(self.received.values())
         return {"records": records, "unique": len(self.received), "duplicates": records - len(self.received),
-                "requests": self.requests, "batches": len(self.batches), "rejected": self.rejected}
+                "requests": self.requests, "batches": len(self.batches), "rejected": self.rejected,
+                "request_times": self.request_times[-10_000:], "failed_at": self.failed_at}
 
 
 class SinkEmulator:
@@ -85,6 +88,11 @@ class SinkEmulator:
             await asyncio.sleep(f["latency_ms"] / 1000.0)
         if time.time() < site.outage_until:
             return web.Response(status=503, text="maintenance window")
+        if f.get("fail_requests", 0) > 0:
+            f["fail_requests"] -= 1
+            headers = {"Retry-After": str(f["retry_after"])} if f.get("retry_after") is not None else {}
+            site.failed_at.append(time.time())
+            return web.Response(status=f.get("status", 503), text="injected failure", headers=headers)
         if f.get("error_rate") and self.rng.random() < f["error_rate"]:
             headers = {"Retry-After": str(f["retry_after"])} if f.get("retry_after") is not None else {}
             return web.Response(status=f.get("status", 503), text="injected failure", headers=headers)

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -84,6 +85,119 @@ def check(config_path: str) -> None:
 def schema(which: str) -> None:
     """Print the JSON Schema of the config file or of a routes file."""
     click.echo(json.dumps(config_schema() if which == "config" else routes_schema(), indent=2, sort_keys=True))
+
+
+@main.group()
+def dlq() -> None:
+    """List, show and replay dead letters (all, by destination, by time range)."""
+
+
+def _dlq_options(f: Any) -> Any:
+    f = click.option("--until", help="Up to this time (ISO 8601) or age (`30m`).")(f)
+    f = click.option("--since", help="From this time (ISO 8601) or age (`2h` = the last two hours).")(f)
+    f = click.option("--stage", type=click.Choice(["ingest", "destination"]), help="Where it failed.")(f)
+    f = click.option("-d", "--destination", help="Only this destination's dead letters.")(f)
+    f = click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False))(f)
+    return f
+
+
+def _dlq_run(config_path: str, action: Any) -> Any:
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        _fail(str(exc))
+    from .jetstream_setup import ensure_router_streams
+    from .nats_connection import connect
+
+    async def go() -> Any:
+        nc = await connect(cfg.nats, "router-dlq")
+        try:
+            js = nc.jetstream()
+            await ensure_router_streams(js, cfg)
+            return await action(cfg, js)
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(go())
+    except OSError as exc:
+        _fail(f"cannot reach NATS at {cfg.nats.url}: {exc}", 3)
+
+
+def _filter(destination: str | None, stage: str | None, since: str | None, until: str | None) -> Any:
+    from .dlq import DeadLetterFilter, parse_when
+
+    try:
+        return DeadLetterFilter(destination, stage, parse_when(since), parse_when(until))
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@dlq.command("list")
+@_dlq_options
+@click.option("--limit", default=100, show_default=True)
+def dlq_list(config_path: str, destination: str | None, stage: str | None, since: str | None,
+             until: str | None, limit: int) -> None:
+    """One line per dead letter: sequence, time, where, key, reason."""
+    from datetime import datetime, timezone
+
+    from .dead_letter import H
+    from .dlq import iter_dead_letters
+
+    flt = _filter(destination, stage, since, until)
+    letters = _dlq_run(config_path, lambda cfg, js: iter_dead_letters(js, cfg, flt, limit))
+    click.echo(f"{'seq':>8}  {'time (UTC)':<19}  {'stage':<11} {'where':<12} {'key':<28} reason")
+    for dl in letters:
+        when = datetime.fromtimestamp(dl.time, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{dl.seq:>8}  {when}  {dl.stage:<11} {dl.where:<12} {dl.headers.get(H.KEY, '-'):<28} "
+                   f"{dl.headers.get(H.REASON, '')}")
+    click.echo(f"{len(letters)} dead letter(s)" + (f" (first {limit}; --limit for more)" if len(letters) == limit else ""))
+
+
+@dlq.command("show")
+@click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.argument("seq", type=int)
+def dlq_show(config_path: str, seq: int) -> None:
+    """Headers and payload of one dead letter."""
+
+    async def show(cfg: Any, js: Any) -> Any:
+        return await js.get_msg(cfg.dead_letter.stream, seq)
+
+    try:
+        msg = _dlq_run(config_path, show)
+    except Exception as exc:
+        _fail(f"no dead letter with sequence {seq}: {exc}", 1)
+    click.echo(f"subject: {msg.subject}")
+    for k, v in (msg.headers or {}).items():
+        click.echo(f"{k}: {v}")
+    click.echo("")
+    click.echo((msg.data or b"").decode(errors="replace"))
+
+
+@dlq.command("replay")
+@_dlq_options
+def dlq_replay(config_path: str, destination: str | None, stage: str | None, since: str | None,
+               until: str | None) -> None:
+    """Replay the selected dead letters (deduplicated per destination), then remove them."""
+    from .dlq import iter_dead_letters, replay
+
+    flt = _filter(destination, stage, since, until)
+
+    def progress(done: int, total: int) -> None:
+        click.echo(f"  replayed {done}/{total}", err=True)
+
+    async def go(cfg: Any, js: Any) -> Any:
+        letters = await iter_dead_letters(js, cfg, flt)
+        click.echo(f"replaying {len(letters)} dead letter(s)", err=True)
+        return await replay(js, cfg, letters, progress)
+
+    done, problems = _dlq_run(config_path, go)
+    for p in problems:
+        click.echo(f"  not replayed: {p}", err=True)
+    click.echo(f"replayed {done} dead letter(s); the running router delivers them"
+               + (f"; {len(problems)} could not be replayed" if problems else ""))
+    if problems:
+        sys.exit(1)
 
 
 @main.command()

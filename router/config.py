@@ -19,6 +19,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DeadLetterConfig",
+    "CircuitBreakerConfig",
     "DedupConfig",
     "Destination",
     "Duration",
@@ -158,6 +159,26 @@ class RateLimitConfig(Base):
     burst: Annotated[int, msgspec.Meta(ge=1)] = 1  # requests allowed at once after an idle spell
 
 
+class BufferConfig(Base):
+    """How much a destination may hold in memory before its records are parked in JetStream."""
+
+    max_records: Annotated[int, msgspec.Meta(ge=1)] = 10_000  # records queued, not yet sent
+    max_wait: Duration = 2.0  # a record queued longer than this is parked, so the source moves on
+
+
+class CircuitBreakerConfig(Base):
+    """Opens on a failure rate, on consecutive failures or on slow calls; records are parked while open."""
+
+    failure_rate: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5  # share of failed calls in `window`
+    slow_call_rate: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.8  # share of calls slower than `slow_call`
+    slow_call: Duration = 5.0
+    min_calls: Annotated[int, msgspec.Meta(ge=1)] = 10  # calls in `window` before the rates count
+    consecutive_failures: Annotated[int, msgspec.Meta(ge=1)] = 5  # opens at once after this many in a row
+    window: Duration = 10.0  # the sliding window the rates are measured over
+    open_for: Duration = 5.0  # how long it stays open before probing
+    half_open_probes: Annotated[int, msgspec.Meta(ge=1)] = 2  # successful probes that close it
+
+
 class AuthConfig(Base):
     token_env: Annotated[str, msgspec.Meta(min_length=1)]  # environment variable holding the secret
     header: str = "Authorization"
@@ -170,9 +191,13 @@ class Destination(Base):
     subject: Subject | None = None  # nats: the subject each record is published to
     jetstream: bool = True  # nats: publish with JetStream acks (the subject must be in a stream)
     batch: BatchConfig = BatchConfig()
-    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4  # requests in flight per pool actor
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 8  # most requests in flight per pool actor
+    adaptive_concurrency: bool = True  # AIMD between 1 and `concurrency` on latency and push-back
     rate_limit: RateLimitConfig | None = None  # per pool actor
     retry: RetryConfig = RetryConfig()
+    buffer: BufferConfig = BufferConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    park: bool = True  # breaker open, buffer full or retries exhausted: park durably (false: NAK the source)
     pool_size: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # sink actors; each owns a key-hash shard of dedup
     timeout: Duration = 10.0  # per request
     auth: AuthConfig | None = None
@@ -244,6 +269,14 @@ class DeadLetterConfig(Base):
     max_age: Duration = 14 * 86400
 
 
+class ParkingConfig(Base):
+    """Where a destination's records wait, durably, while it cannot take them."""
+
+    stream: Name = "ROUTER_PARKED"
+    subject_prefix: Subject = "router.parked"  # `<prefix>.<destination>.<shard>`
+    max_age: Duration = 7 * 86400
+
+
 class MetricsConfig(Base):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464  # 0 turns the endpoint off
     host: str = "127.0.0.1"
@@ -263,6 +296,7 @@ class Config(Base):
     nats: NatsConfig = NatsConfig()
     dedup: DedupConfig = DedupConfig()
     dead_letter: DeadLetterConfig = DeadLetterConfig()
+    parking: ParkingConfig = ParkingConfig()
     metrics: MetricsConfig = MetricsConfig()
     ray: RayConfig = RayConfig()
 

@@ -40,7 +40,12 @@ async def _ensure_stream(js: JetStreamContext, sc: api.StreamConfig) -> None:
 
 
 async def ensure_router_streams(js: JetStreamContext, cfg: Config) -> None:
-    """The dead-letter stream and the dedup journal."""
+    """The dead-letter stream, the dedup journal and the parking stream."""
+    await _ensure_stream(js, api.StreamConfig(
+        name=cfg.parking.stream, subjects=[f"{cfg.parking.subject_prefix}.>"],
+        # A work queue: a replayed (acked) record leaves the stream.
+        storage=api.StorageType.FILE, retention=api.RetentionPolicy.WORK_QUEUE, max_age=cfg.parking.max_age,
+    ))
     await _ensure_stream(js, api.StreamConfig(
         name=cfg.dead_letter.stream, subjects=[f"{cfg.dead_letter.subject_prefix}.>"],
         storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS, max_age=cfg.dead_letter.max_age,

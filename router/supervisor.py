@@ -50,13 +50,19 @@ def init_ray(cfg: Config) -> None:
     ray.init(**kwargs)
 
 
+_SEVERITY = {"closed": 0, "half_open": 1, "open": 2}
+
+
 def _sum_structs(items: list[Any], cls: type) -> Any:
+    """Counters add up across a pool; a breaker state reports the pool's worst."""
     out = cls()
     for it in items:
         for f in cls.__struct_fields__:
             v = getattr(it, f)
             if isinstance(v, int):
                 setattr(out, f, getattr(out, f) + v)
+            elif f == "breaker_state" and _SEVERITY.get(v, 0) > _SEVERITY.get(getattr(out, f), 0):
+                setattr(out, f, v)
     return out
 
 

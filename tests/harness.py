@@ -14,13 +14,17 @@ from router.demo import demo_config_dict
 from router.supervisor import RouterStats, Supervisor
 
 
-def config(nats_url: str, emulator_url: str, change: Callable[[dict], None] | None = None) -> Config:
+def config_dict(nats_url: str, emulator_url: str, change: Callable[[dict], None] | None = None) -> dict:
     raw = demo_config_dict(nats_url, emulator_url)
     for d in raw["destinations"].values():
         d.setdefault("batch", {})["linger"] = "5ms"
     if change:
         change(raw)
-    return parse_config(raw, "<test>")
+    return raw
+
+
+def config(nats_url: str, emulator_url: str, change: Callable[[dict], None] | None = None) -> Config:
+    return parse_config(config_dict(nats_url, emulator_url, change), "<test>")
 
 
 async def publish(url: str, events: list[Any]) -> None:
@@ -29,6 +33,24 @@ async def publish(url: str, events: list[Any]) -> None:
     for i in range(0, len(events), 500):
         await asyncio.gather(*(js.publish(e.subject, e.payload, headers=e.headers) for e in events[i:i + 500]))
     await nc.close()
+
+
+async def publish_paced(url: str, events: list[Any], per_second: float, tick: float = 0.1) -> None:
+    """Publish at a steady offered rate, as storefronts do, rather than all at once."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    per_tick = max(1, int(per_second * tick))
+    start = time.monotonic()
+    for n, i in enumerate(range(0, len(events), per_tick)):
+        await asyncio.gather(*(js.publish(e.subject, e.payload, headers=e.headers) for e in events[i:i + per_tick]))
+        await asyncio.sleep(max(0.0, start + (n + 1) * tick - time.monotonic()))
+    await nc.close()
+
+
+async def emulator_stats(emulator_url: str) -> dict:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{emulator_url}/stats") as r:
+            return await r.json()
 
 
 async def wait_final(sup: Supervisor, count: int, timeout: float = 90.0) -> RouterStats:

@@ -64,8 +64,8 @@ def assert_exactly(expected, got, bounds=None, label=""):
             assert dups[d] == 0, f"{d} received {dups[d]} records twice"
         else:
             assert dups[d] <= bounds[d], f"{d}: {dups[d]} duplicates exceed the in-flight bound {bounds[d]}"
-    print(f"\n{label}: records received twice (in flight at the crash) per destination: {dups}; "
-          f"bounds: {bounds}")
+    if label:
+        print(f"\n{label}: records received twice per destination: {dups} (in-flight bounds: {bounds})")
     return dups
 
 

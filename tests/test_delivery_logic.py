@@ -49,10 +49,10 @@ class MemoryDeadLetters:
 
 
 def make(sink, **over):
-    cfg = parse_section({"kind": "http", "url": "http://127.0.0.1:1/x",
+    cfg = parse_section({"kind": "http", "url": "http://127.0.0.1:1/x", "park": False,
                          "batch": {"max_records": 10, "linger": 0.005}, **over}, Destination)
     d = DestinationDelivery("erp", cfg, sink, MemoryJournal(), DedupIndex(3600, 10_000), MemoryDeadLetters(),
-                            RetryPolicy(cfg.retry, rand=lambda: 0.0))
+                            retry=RetryPolicy(cfg.retry, rand=lambda: 0.0))
     return d
 
 
@@ -68,7 +68,7 @@ def test_batches_are_capped_and_each_key_delivered_once():
     async def go():
         sink = ScriptedSink()
         d = make(sink)
-        d.start()
+        await d.start()
         r = await asyncio.gather(d.submit(recs(*[f"k{i}" for i in range(25)])), d.submit(recs("k3", "k30")))
         await d.close()
         return sink, d, r
@@ -85,7 +85,7 @@ def test_known_keys_are_not_sent_again():
     async def go():
         sink = ScriptedSink()
         d = make(sink)
-        d.start()
+        await d.start()
         await d.submit(recs("a", "b"))
         r = await d.submit(recs("a", "b", "c"))
         await d.close()
@@ -103,7 +103,7 @@ def test_record_level_rejection_is_isolated_by_splitting():
     async def go():
         sink = ScriptedSink(script)
         d = make(sink)
-        d.start()
+        await d.start()
         r = await d.submit(recs("a", "b", "bad", "c", "d"))
         await d.close()
         return d, r
@@ -118,7 +118,7 @@ def test_transient_failures_retry_then_give_up_without_journaling():
     async def go():
         sink = ScriptedSink(lambda keys: Transient("HTTP 503"))
         d = make(sink, retry={"max_attempts": 3, "initial_backoff": 0.001})
-        d.start()
+        await d.start()
         with pytest.raises(RetriesExhausted):
             await d.submit(recs("a"))
         await d.close()

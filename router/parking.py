@@ -1,0 +1,64 @@
+"""Parking: a destination shard's records wait durably in JetStream while it cannot take them.
+
+One subject per (destination, shard) in the ``ROUTER_PARKED`` stream, one durable pull consumer
+per subject. A parked record counts as final for the source (it is acked), and the shard's
+replayer delivers it, through the same dedup, once the destination is back. ``router dlq
+replay`` puts dead letters back here too, so a replay is deduplicated like everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext, api
+
+__all__ = ["ParkingLot", "park_subject"]
+
+KEY_HEADER = "Idempotency-Key"
+ORIGIN_HEADER = "Router-Source"
+REASON_HEADER = "Router-Parked-Reason"
+
+
+def park_subject(prefix: str, destination: str, shard: int) -> str:
+    return f"{prefix}.{destination}.{shard}"
+
+
+class ParkingLot:
+    def __init__(self, js: JetStreamContext, stream: str, prefix: str, destination: str, shard: int) -> None:
+        self._js = js
+        self.stream = stream
+        self.subject = park_subject(prefix, destination, shard)
+        self.durable = f"park-{destination}-{shard}"
+        self._sub: Any = None
+
+    async def open(self) -> int:
+        """Bind the replay consumer; returns how many records are parked."""
+        try:
+            await self._js.add_consumer(self.stream, api.ConsumerConfig(
+                durable_name=self.durable, filter_subject=self.subject, ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=120.0, max_deliver=-1, deliver_policy=api.DeliverPolicy.ALL, max_ack_pending=20_000))
+        except nats.js.errors.BadRequestError:
+            pass  # exists: keep its position
+        self._sub = await self._js.pull_subscribe_bind(self.durable, self.stream)
+        return await self.backlog()
+
+    async def backlog(self) -> int:
+        info = await self._js.consumer_info(self.stream, self.durable)
+        return info.num_pending + info.num_ack_pending
+
+    async def park(self, records: list[tuple[str, bytes, str]], reason: str) -> None:
+        """Store (key, payload, origin) records with JetStream acks; raises if any was not stored."""
+        await asyncio.gather(*(
+            self._js.publish(self.subject, payload, stream=self.stream, timeout=10,
+                             headers={KEY_HEADER: key, ORIGIN_HEADER: origin, REASON_HEADER: reason})
+            for key, payload, origin in records
+        ))
+
+    async def fetch(self, n: int, timeout: float) -> list[Any]:
+        try:
+            return await self._sub.fetch(n, timeout=timeout)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            return []
