@@ -17,10 +17,11 @@ from router.config import Config
 from router.dead_letter import DeadLetterPublisher
 from router.dedup_index import DedupIndex
 from router.dedup_journal import DedupJournal
-from router.delivery import DestinationDelivery, DestinationStats, Record, SubmitResult
+from router.delivery import DestinationDelivery, DestinationStats, SubmitResult
 from router.nats_connection import connect
 from router.parking import ParkingLot
 from router.rate_limit import TokenBucket
+from router.record_batch import RecordBatch
 from router.sinks.http_sink import HttpSink
 from router.sinks.nats_sink import NatsSink
 
@@ -69,9 +70,10 @@ class DestinationWorker:
         await self._ready()
         return self.loaded_keys
 
-    async def submit(self, records: list[Record]) -> SubmitResult:
+    async def submit(self, batch: bytes) -> SubmitResult:
+        """A ``RecordBatch`` in its wire form; returns once every record in it is final."""
         delivery = await self._ready()
-        return await delivery.submit(records)
+        return await delivery.submit(RecordBatch.decode(batch))
 
     async def stats(self) -> DestinationStats:
         if self._delivery is None:

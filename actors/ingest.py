@@ -16,13 +16,13 @@ from typing import Any
 
 import msgspec
 import nats.errors
-import nats.js.errors
 import ray
 
 from router.config import Config
 from router.dead_letter import DeadLetterPublisher
 from router.ingest_plan import IngestPlanner
 from router.nats_connection import connect
+from router.pull_consumer import PullConsumer, stream_seq
 from router.routing import RouteTable
 
 __all__ = ["IngestActor", "IngestStats"]
@@ -55,6 +55,7 @@ class IngestActor:
         self._stopping = asyncio.Event()
         self._open: dict[int, tuple[float, list[Any]]] = {}  # batch id -> (fetched at, messages)
         self._batch_ids = 0
+        self.consumer: PullConsumer | None = None
 
     async def stats(self) -> IngestStats:
         self.stats_.in_flight = sum(len(m) for _, m in self._open.values())
@@ -69,7 +70,8 @@ class IngestActor:
         nc = await connect(self.cfg.nats, f"router-ingest-{src.name}-{self.index}")
         js = nc.jetstream()
         dlq = DeadLetterPublisher(js, self.cfg.dead_letter.stream, self.cfg.dead_letter.subject_prefix)
-        sub = await js.pull_subscribe_bind(src.durable, src.stream)
+        consumer = self.consumer = PullConsumer(nc, src.stream, src.durable)
+        await consumer.start()
         window = asyncio.Semaphore(src.max_inflight_batches)
         tasks: set[asyncio.Task] = set()
         keepalive = asyncio.get_running_loop().create_task(self._progress_acks())
@@ -80,16 +82,16 @@ class IngestActor:
                     window.release()
                     break
                 try:
-                    msgs = await sub.fetch(src.fetch_batch, timeout=0.5)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                    window.release()  # nothing to fetch right now
-                    continue
-                except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                    msgs = await consumer.fetch(src.fetch_batch, expires=src.fetch_wait)
+                except (nats.errors.Error, OSError) as exc:
                     # NATS restarting or unreachable: the client reconnects by itself.
                     window.release()
                     self.stats_.fetch_errors += 1
                     log.warning("ingest %s: fetch failed (%r); retrying", src.name, exc)
                     await asyncio.sleep(0.5)
+                    continue
+                if not msgs:
+                    window.release()  # nothing to fetch right now
                     continue
                 self.stats_.fetched += len(msgs)
                 task = asyncio.get_running_loop().create_task(self._see_through(msgs, dlq, window))
@@ -100,7 +102,7 @@ class IngestActor:
         finally:
             keepalive.cancel()
             try:
-                await sub.unsubscribe()
+                await consumer.stop()
                 await nc.drain()
             except Exception:  # closing on a dead connection: nothing left to flush
                 pass
@@ -110,7 +112,7 @@ class IngestActor:
         bid = self._batch_ids = self._batch_ids + 1
         self._open[bid] = (time.monotonic(), msgs)
         try:
-            seqs = [m.metadata.sequence.stream for m in msgs]
+            seqs = [stream_seq(m.reply) for m in msgs]
             plan = self.planner.plan(msgs, seqs)
             failed: set[int] = set()
 
@@ -121,7 +123,7 @@ class IngestActor:
                 letters += [dlq.ingest_failure(self.src.name, msgs[i].data, "no route matches this event",
                                                subject=msgs[i].subject, stream_seq=seqs[i], headers=msgs[i].headers)
                             for i in plan.unrouted]
-            calls = [(idx, self.workers[dest][shard].submit.remote(records))
+            calls = [(idx, self.workers[dest][shard].submit.remote(records.encode()))
                      for (dest, shard), (records, idx) in plan.work.items()]
             try:
                 await dlq.publish(letters)
@@ -146,18 +148,23 @@ class IngestActor:
             window.release()
 
     async def _settle(self, msgs: list[Any], failed: set[int]) -> None:
-        delay = self.src.redelivery_delay
-        for i, m in enumerate(msgs):
-            try:
+        delay, consumer = self.src.redelivery_delay, self.consumer
+        try:
+            if not failed:
+                for m in msgs:
+                    await consumer.ack(m)
+                self.stats_.acked += len(msgs)
+                return
+            for i, m in enumerate(msgs):
                 if i in failed:
-                    await m.nak(delay=delay)
+                    await consumer.nak(m, delay)
                     self.stats_.nacked += 1
                 else:
-                    await m.ack()
+                    await consumer.ack(m)
                     self.stats_.acked += 1
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                # Not acked: JetStream redelivers after ack_wait, and dedup stops a second delivery.
-                log.warning("ingest %s: ack failed (%s)", self.src.name, exc)
+        except nats.errors.Error as exc:
+            # Not acked: JetStream redelivers after ack_wait, and dedup stops a second delivery.
+            log.warning("ingest %s: ack failed (%s)", self.src.name, exc)
 
     async def _progress_acks(self) -> None:
         """Tell JetStream that batches still open are being worked on, before ``ack_wait`` runs out."""
@@ -169,6 +176,6 @@ class IngestActor:
                 if fetched_at <= horizon:
                     for m in msgs:
                         try:
-                            await m.in_progress()
+                            await self.consumer.in_progress(m)
                         except Exception:  # best effort; redelivery is still safe
                             break

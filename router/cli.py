@@ -201,6 +201,19 @@ def dlq_replay(config_path: str, destination: str | None, stage: str | None, sin
 
 
 @main.command()
+@click.option("--events", default=200_000, show_default=True, help="Backlog for the throughput runs.")
+@click.option("--backlog", default=1_000_000, show_default=True, help="Backlog for the memory run.")
+@click.option("--latency-seconds", default=10.0, show_default=True, help="Length of the half-load latency run.")
+@click.option("--out", default="bench-results", show_default=True, help="Where bench.json and bench.png go.")
+def bench(events: int, backlog: int, latency_seconds: float, out: str) -> None:
+    """Measure throughput, latency and memory against the JetStream ceiling (embedded NATS)."""
+    logging.getLogger().setLevel(logging.WARNING)
+    from router.loadtest.bench import run_bench
+
+    sys.exit(run_bench(events, backlog, latency_seconds, out))
+
+
+@main.command()
 def encoders() -> None:
     """List the encoders a route can name."""
     from router.codecs import ENCODERS

@@ -22,7 +22,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, Protocol
 
 import msgspec
 
@@ -33,20 +33,15 @@ from .dead_letter import DeadLetterPublisher
 from .dedup_index import DedupIndex, key_hash
 from .parking import KEY_HEADER, ORIGIN_HEADER, ParkingLot
 from .rate_limit import TokenBucket
+from .record_batch import RecordBatch
 from .retry import RetryPolicy
 from .sinks import Delivered, Outcome, Permanent, Transient
 
-__all__ = ["DestinationDelivery", "DestinationStats", "Record", "RetriesExhausted", "SubmitResult", "batch_id"]
+__all__ = ["DestinationDelivery", "DestinationStats", "RetriesExhausted", "SubmitResult", "batch_id"]
 
 log = logging.getLogger(__name__)
 
 DELIVERED, DEAD_LETTERED, PARKED = "delivered", "dead_lettered", "parked"
-
-
-class Record(NamedTuple):
-    key: str  # idempotency key
-    payload: bytes  # the encoded record (JSON object)
-    origin: str  # "<source>/<stream seq>", for dead letters and tracing
 
 
 class SubmitResult(msgspec.Struct):
@@ -97,12 +92,29 @@ def batch_id(destination: str, keys: list[str]) -> str:
     return h.hexdigest()
 
 
-class _Item:
-    __slots__ = ("h", "key", "payload", "origin", "future", "queued_at")
+class _Group:
+    """The records of one ``submit`` (or one replay fetch): done when every one is final.
+    One future per group, not per record: at tens of thousands of records a second, a future and a
+    gather per record cost more than the delivery itself."""
 
-    def __init__(self, h: int, rec: Record, future: asyncio.Future, queued_at: float) -> None:
-        self.h, self.key, self.payload, self.origin = h, rec.key, rec.payload, rec.origin
-        self.future, self.queued_at = future, queued_at
+    __slots__ = ("remaining", "future")
+
+    def __init__(self, n: int, future: asyncio.Future) -> None:
+        self.remaining, self.future = n, future
+
+    def settle_one(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(None)
+
+
+class _Item:
+    __slots__ = ("h", "key", "payload", "origin", "group", "queued_at", "outcome")
+
+    def __init__(self, h: int, key: str, payload: bytes, origin: str, group: _Group, queued_at: float) -> None:
+        self.h, self.key, self.payload, self.origin = h, key, payload, origin
+        self.group, self.queued_at = group, queued_at
+        self.outcome: Any = None  # DELIVERED, DEAD_LETTERED, PARKED or the exception that stopped it
 
 
 class DestinationDelivery:
@@ -127,7 +139,7 @@ class DestinationDelivery:
         self.stats = DestinationStats()
         self._queue: list[_Item] = []
         self._queue_bytes = 0
-        self._in_flight: dict[int, asyncio.Future] = {}
+        self._in_flight: dict[int, _Group] = {}  # key hash -> the group delivering it
         self._wakeup = asyncio.Event()
         self._sending: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
@@ -163,55 +175,53 @@ class DestinationDelivery:
             return f"buffer full ({self.cfg.buffer.max_records} records)"
         return None
 
-    async def submit(self, records: list[Record]) -> SubmitResult:
+    async def submit(self, records: RecordBatch) -> SubmitResult:
         loop = asyncio.get_running_loop()
         now = self._clock()
-        mine: list[asyncio.Future] = []
-        others: list[asyncio.Future] = []
-        fresh: list[tuple[int, Record]] = []
+        others: set[_Group] = set()
+        fresh: list[tuple[int, str, bytes, str]] = []
         seen: set[int] = set()
         duplicates = 0
-        for rec in records:
-            h = key_hash(rec.key)
-            if self.index.contains(h) or h in seen:
+        contains, in_flight = self.index.contains, self._in_flight
+        for key, payload, origin in records:
+            h = key_hash(key)
+            if h in seen or contains(h):
                 duplicates += 1
                 continue
-            pending = self._in_flight.get(h)
+            pending = in_flight.get(h)
             if pending is not None:
                 # Same key already on its way: its outcome stands for both.
-                others.append(pending)
+                others.add(pending)
                 duplicates += 1
                 continue
             seen.add(h)
-            fresh.append((h, rec))
+            fresh.append((h, key, payload, origin))
         self.stats.duplicates += duplicates
 
+        items: list[_Item] = []
         reason = self._park_reason(len(fresh))
         if reason is not None and fresh:
-            await self._park([(r.key, r.payload, r.origin) for _, r in fresh], reason)
-            if others:
-                await asyncio.gather(*others, return_exceptions=True)
-            return SubmitResult(duplicates=duplicates, parked=len(fresh))
-
-        for h, rec in fresh:
-            fut = loop.create_future()
-            self._in_flight[h] = fut
-            self._queue.append(_Item(h, rec, fut, now))
-            self._queue_bytes += len(rec.payload)
-            mine.append(fut)
-        if mine:
+            await self._park([(k, p, o) for _, k, p, o in fresh], reason)
+        elif fresh:
+            group = _Group(len(fresh), loop.create_future())
+            for h, key, payload, origin in fresh:
+                items.append(_Item(h, key, payload, origin, group, now))
+                in_flight[h] = group
+                self._queue_bytes += len(payload)
+            self._queue.extend(items)
             self._wakeup.set()
-        outcomes = await asyncio.gather(*mine, return_exceptions=True)
+            await group.future
         if others:
-            await asyncio.gather(*others, return_exceptions=True)
+            await asyncio.gather(*(g.future for g in others))
+        outcomes = [i.outcome for i in items]
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
             raise RetriesExhausted(f"{self.name}: {len(failures)} of {len(records)} records not delivered: {failures[0]}")
         return SubmitResult(
-            delivered=sum(1 for o in outcomes if o == DELIVERED),
+            delivered=outcomes.count(DELIVERED),
             duplicates=duplicates,
-            dead_lettered=sum(1 for o in outcomes if o == DEAD_LETTERED),
-            parked=sum(1 for o in outcomes if o == PARKED),
+            dead_lettered=outcomes.count(DEAD_LETTERED),
+            parked=outcomes.count(PARKED) + (len(fresh) if not items else 0),
         )
 
     # -- parking ----------------------------------------------------------------------------------
@@ -281,40 +291,48 @@ class DestinationDelivery:
             await self._replay(msgs, probe)
 
     async def _replay(self, msgs: list[Any], probe: bool) -> None:
-        loop = asyncio.get_running_loop()
+        group = _Group(0, asyncio.get_running_loop().create_future())
         now = self._clock()
         items: list[_Item] = []
-        waits: list[tuple[Any, asyncio.Future | None]] = []
+        waits: list[tuple[Any, _Item | _Group | None]] = []
         for m in msgs:
             headers = m.headers or {}
             key = headers.get(KEY_HEADER, "")
             h = key_hash(key)
             if self.index.contains(h):
-                waits.append((m, None))
+                waits.append((m, None))  # already delivered
                 continue
-            fut = self._in_flight.get(h)
-            if fut is None:
-                fut = loop.create_future()
-                self._in_flight[h] = fut
-                items.append(_Item(h, Record(key, m.data, headers.get(ORIGIN_HEADER, "")), fut, now))
-            waits.append((m, fut))
+            other = self._in_flight.get(h)
+            if other is not None:
+                waits.append((m, other))
+                continue
+            item = _Item(h, key, m.data, headers.get(ORIGIN_HEADER, ""), group, now)
+            self._in_flight[h] = group
+            items.append(item)
+            waits.append((m, item))
+        group.remaining = len(items)
         if probe and not items:
             self.breaker.release_probe()
         for i in range(0, len(items), self.cfg.batch.max_records):
             await self.concurrency.acquire()
             self._spawn(self._deliver(items[i:i + self.cfg.batch.max_records], from_park=True))
-        outcomes = await asyncio.gather(*(f for _, f in waits if f is not None), return_exceptions=True)
-        it = iter(outcomes)
+        if items:
+            await group.future
+        others = {w for _, w in waits if isinstance(w, _Group)}
+        if others:
+            await asyncio.gather(*(g.future for g in others))
         done = 0
-        for m, f in waits:
-            outcome = next(it) if f is not None else DELIVERED
+        for m, w in waits:
+            # A record another delivery had in hand is settled by that delivery: ack once it is known.
+            outcome = w.outcome if isinstance(w, _Item) else (
+                DELIVERED if w is None or self.index.contains(key_hash((m.headers or {}).get(KEY_HEADER, ""))) else None)
             try:
-                if isinstance(outcome, BaseException):
-                    await m.nak(delay=1.0)
-                else:
+                if outcome in (DELIVERED, DEAD_LETTERED):
                     await m.ack()
                     done += 1
-                    self.stats.replayed += 1 if outcome == DELIVERED else 0
+                    self.stats.replayed += outcome == DELIVERED and isinstance(w, _Item)
+                else:
+                    await m.nak(delay=1.0)
             except Exception:  # the parked record stays parked and comes back: dedup covers a repeat
                 pass
         self._park_backlog = max(0, self._park_backlog - done)
@@ -391,13 +409,12 @@ class DestinationDelivery:
             await self.concurrency.release()
 
     def _settle(self, batch: list[_Item], outcome: Any) -> None:
+        in_flight = self._in_flight
         for item in batch:
-            self._in_flight.pop(item.h, None)
-            if not item.future.done():
-                if isinstance(outcome, BaseException):
-                    item.future.set_exception(outcome)
-                else:
-                    item.future.set_result(outcome)
+            if item.outcome is None:
+                in_flight.pop(item.h, None)
+                item.outcome = outcome
+                item.group.settle_one()
 
     async def _respect_retry_after(self) -> None:
         while (wait := self._not_before - self._clock()) > 0:

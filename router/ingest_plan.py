@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from router.codecs import EventDecoder, InvalidEvent
 
 from .dedup_index import key_hash
-from .delivery import Record
+from .record_batch import RecordBatch
 from .routing import RouteTable
 
 __all__ = ["BatchPlan", "IngestPlanner", "shard_of"]
@@ -36,7 +36,7 @@ class BatchPlan:
         self.rejected: list[tuple[int, str]] = []  # (message index, reason): dead-letter, then ack
         self.unrouted: list[int] = []  # no route matched
         # (destination, shard) -> (records, indexes of the messages they came from)
-        self.work: dict[tuple[str, int], tuple[list[Record], list[int]]] = defaultdict(lambda: ([], []))
+        self.work: dict[tuple[str, int], tuple[RecordBatch, list[int]]] = defaultdict(lambda: (RecordBatch(), []))
 
 
 class IngestPlanner:
@@ -67,6 +67,6 @@ class IngestPlanner:
                 continue
             for dest, payload in encoded:
                 records, idx = out.work[(dest, shard_of(ev.idempotency_key, pools[dest]))]
-                records.append(Record(ev.idempotency_key, payload, origin))
+                records.append(ev.idempotency_key, payload, origin)
                 idx.append(i)
         return out

@@ -26,12 +26,17 @@ _DEST_COUNTERS = {
     "delivered": "records delivered",
     "duplicates": "records suppressed as duplicates by idempotency key",
     "dead_lettered": "records dead-lettered after a permanent failure",
+    "parked": "records parked in JetStream while the destination could not take them",
+    "replayed": "parked records delivered later",
     "requests": "delivery requests sent",
     "retries": "delivery retries",
-    "exhausted_batches": "batches that failed after all retries (their sources are redelivered)",
+    "exhausted_batches": "batches that failed after all retries and could not be parked",
+    "breaker_opened": "times the circuit breaker opened",
 }
 _DEST_GAUGES = {"queued": "records waiting for a batch", "in_flight_keys": "records being delivered",
-                "known_keys": "keys in the dedup window"}
+                "known_keys": "keys in the dedup window", "park_backlog": "parked records not yet replayed",
+                "concurrency_limit": "requests allowed in flight (adaptive)"}
+_BREAKER = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class StatsCollector:
@@ -61,6 +66,12 @@ class StatsCollector:
             for name, d in st.destinations.items():
                 g.add_metric([name], getattr(d, field))
             yield g
+        g = GaugeMetricFamily("router_destination_breaker_state",
+                              "circuit breaker: 0 closed, 1 half-open, 2 open (the worst in the pool)",
+                              labels=["destination"])
+        for name, d in st.destinations.items():
+            g.add_metric([name], _BREAKER.get(d.breaker_state, 0))
+        yield g
 
 
 def serve_metrics(host: str, port: int) -> StatsCollector:

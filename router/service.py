@@ -19,8 +19,8 @@ log = logging.getLogger("router")
 
 def status_line(st: RouterStats) -> str:
     src = ", ".join(f"{n}: {s.acked} acked/{s.in_flight} open" for n, s in st.sources.items())
-    dst = ", ".join(f"{n}: {d.delivered} delivered/{d.duplicates} dup/{d.dead_lettered} dlq"
-                    for n, d in st.destinations.items())
+    dst = ", ".join(f"{n}: {d.delivered} delivered/{d.duplicates} dup/{d.dead_lettered} dlq/"
+                    f"{d.park_backlog} parked, breaker {d.breaker_state}" for n, d in st.destinations.items())
     return f"sources [{src}] destinations [{dst}]"
 
 

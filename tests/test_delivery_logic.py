@@ -7,7 +7,8 @@ import pytest
 
 from router.config import Destination, RetryConfig, parse_section
 from router.dedup_index import DedupIndex, key_hash
-from router.delivery import DestinationDelivery, Record, RetriesExhausted, batch_id
+from router.delivery import DestinationDelivery, RetriesExhausted, batch_id
+from router.record_batch import RecordBatch
 from router.rate_limit import TokenBucket
 from router.retry import RetryPolicy
 from router.sinks import Delivered, Permanent, Transient
@@ -57,7 +58,10 @@ def make(sink, **over):
 
 
 def recs(*keys):
-    return [Record(k, b'{"idempotency_key":"%s"}' % k.encode(), "src/1") for k in keys]
+    batch = RecordBatch()
+    for k in keys:
+        batch.append(k, b'{"idempotency_key":"%s"}' % k.encode(), "src/1")
+    return batch
 
 
 def run(coro):

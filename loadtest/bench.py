@@ -1,0 +1,379 @@
+"""``router bench``: the router's throughput against the machine's JetStream ceiling, in one run.
+
+On one embedded nats-server, with the same backlog for each path:
+  (a) ceiling  - the fastest Python JetStream consumer we know: one pull request per 5,000
+                 messages over a core subscription, AckAll per batch, no processing;
+  (b) plain    - nats-py ``pull_subscribe`` + ``fetch(1000)``, msgspec decode, ack per message;
+  (c) router   - the whole router: decode, durable dedup, routing, fan-out to three
+                 destinations, counted at the destinations: once to NATS streams, once to the
+                 HTTP emulators with batching.
+Then end-to-end latency (p50 / p99) at half the router's rate, and a backlog drain for memory.
+Prints progress and the figures, and writes ``bench.json`` and ``bench.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+import nats
+import orjson
+import psutil
+from nats.js import api
+
+from router.codecs.envelope import Envelope
+from router.config import Config, parse_config
+from router.embedded_nats import EmbeddedNats, nats_server_binary
+from router.pull_consumer import PullConsumer
+from router.supervisor import Supervisor
+
+from .fast_publisher import publish_pipelined
+from .retail_events import RetailEventFactory
+from .sink_emulator import EmulatorProcess
+
+__all__ = ["run_bench"]
+
+DESTS = ("erp", "marketplace", "carrier")
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class MemorySampler:
+    """Peak of the summed RSS of this process and everything it started, except ``exclude``."""
+
+    def __init__(self, exclude: Callable[[], set[int]]) -> None:
+        self.exclude = exclude
+        self.peak = 0
+        self._task: asyncio.Task | None = None
+
+    def sample(self) -> int:
+        me = psutil.Process()
+        total = 0
+        skip = self.exclude()
+        for p in [me, *me.children(recursive=True)]:
+            if p.pid in skip:
+                continue
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total)
+        return total
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.to_thread(self.sample)
+            await asyncio.sleep(0.25)
+
+    def __enter__(self) -> "MemorySampler":
+        self.peak = 0
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task:
+            self._task.cancel()
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    try:
+        model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    version = subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True).stdout.strip()
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "nats_server": version, "platform": platform.platform()}
+
+
+async def _fill(nc: Any, subject_prefix: str, n: int, seed: int, label: str) -> None:
+    """Publish ``n`` retail events under ``subject_prefix``, generated as they go (memory stays flat)."""
+    factory = RetailEventFactory(seed=seed)
+
+    def gen():
+        for _ in range(n):
+            ev = factory.mix()
+            yield f"{subject_prefix}.{ev.subject}", ev.payload
+
+    t0 = time.monotonic()
+    await publish_pipelined(nc, gen(), progress=lambda k: _say(f"  {label}: published {k:,}/{n:,}"))
+    _say(f"  {label}: {n:,} events published in {time.monotonic() - t0:.1f}s")
+
+
+async def _consumer(js: Any, stream: str, durable: str, ack: Any = api.AckPolicy.EXPLICIT) -> None:
+    await js.add_consumer(stream, api.ConsumerConfig(durable_name=durable, ack_policy=ack, max_ack_pending=-1,
+                                                     deliver_policy=api.DeliverPolicy.ALL, ack_wait=60))
+
+
+async def bench_ceiling(nc: Any, js: Any, stream: str, n: int) -> float:
+    await _consumer(js, stream, "ceiling", api.AckPolicy.ALL)
+    pc = PullConsumer(nc, stream, "ceiling")
+    await pc.start()
+    got = 0
+    t0 = time.monotonic()
+    while got < n:
+        msgs = await pc.fetch(5000, expires=1.0)
+        if msgs:
+            got += len(msgs)
+            await pc.ack(msgs[-1])  # AckAll: one ack per batch (in order, one consumer)
+    await nc.flush()
+    rate = got / (time.monotonic() - t0)
+    await pc.stop()
+    return rate
+
+
+async def bench_plain(js: Any, stream: str, n: int) -> float:
+    await _consumer(js, stream, "plain")
+    sub = await js.pull_subscribe_bind("plain", stream)
+    decoder = msgspec.json.Decoder(Envelope)
+    got = 0
+    t0 = time.monotonic()
+    while got < n:
+        for m in await sub.fetch(1000, timeout=5):
+            decoder.decode(m.data)
+            await m.ack()
+            got += 1
+    return got / (time.monotonic() - t0)
+
+
+def _router_config(nats_url: str, stream: str, subjects: list[str], durable: str, dest_kind: str,
+                   emulator_url: str = "", tag: str = "") -> Config:
+    if dest_kind == "nats":
+        dests = {d: {"kind": "nats", "subject": f"out{tag}.{d}", "batch": {"max_records": 1000},
+                     "concurrency": 16} for d in DESTS}
+    else:
+        dests = {d: {"kind": "http", "url": f"{emulator_url}/{d}", "batch": {"max_records": 500},
+                     "concurrency": 16} for d in DESTS}
+    return parse_config({
+        "nats": {"url": nats_url},
+        "sources": [{"name": "bench", "stream": stream, "subjects": subjects, "durable": durable,
+                     "create_stream": False, "fetch_batch": 1000, "max_inflight_batches": 8, "ingest_actors": 2}],
+        "destinations": dests,
+        "routes": [{"name": "fan-out", "destinations": list(DESTS)}],
+        "dedup": {"stream": f"BENCH_DEDUP{tag.upper()}"},
+        "metrics": {"port": 0},
+    }, "<bench>")
+
+
+async def _dest_counts_nats(js: Any, tag: str) -> int:
+    total = 0
+    for d in DESTS:
+        total += (await js.stream_info(f"OUT{tag.upper()}_{d.upper()}")).state.messages
+    return total
+
+
+async def _run_router(cfg: Config, n: int, count: Callable[[], Any], label: str,
+                      sampler: MemorySampler) -> tuple[float, Supervisor]:
+    sup = Supervisor(cfg)
+    await sup.start()
+    target = n * len(DESTS)
+    t0 = time.monotonic()
+    last = t0
+    with sampler:
+        while (done := await count()) < target:
+            if time.monotonic() - last >= 2.0:
+                last = time.monotonic()
+                _say(f"  {label}: {done:,}/{target:,} records at the destinations")
+            await asyncio.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    return n / elapsed, sup
+
+
+async def _add_dest_streams(js: Any, tag: str) -> None:
+    for d in DESTS:
+        await js.add_stream(name=f"OUT{tag.upper()}_{d.upper()}", subjects=[f"out{tag}.{d}"])
+
+
+async def _latency(nc: Any, js: Any, url: str, rate: float, seconds: float) -> dict[str, float]:
+    """Publish at ``rate`` for ``seconds`` to a fresh stream; latency = stored at the destination - sent."""
+    tag = "lat"
+    await js.add_stream(name="BENCH_LAT", subjects=["lat.>"])
+    await _add_dest_streams(js, tag)
+    cfg = _router_config(url, "BENCH_LAT", ["lat.>"], "router-lat", "nats", tag=tag)
+    sup = Supervisor(cfg)
+    await sup.start()
+    n = int(rate * seconds)
+    factory = RetailEventFactory(seed=99)
+    events = [factory.mix() for _ in range(n)]
+    sent_at: dict[str, float] = {}
+    try:
+        tick = 0.02
+        per_tick = max(1, int(rate * tick))
+        t0 = time.monotonic()
+        for k, i in enumerate(range(0, n, per_tick)):
+            chunk = events[i:i + per_tick]
+            now = time.time()
+            for e in chunk:
+                sent_at[e.key] = now
+            await publish_pipelined(nc, ((f"lat.{e.subject}", e.payload) for e in chunk), window=per_tick + 1)
+            await asyncio.sleep(max(0.0, t0 + (k + 1) * tick - time.monotonic()))
+        deadline = time.monotonic() + 60
+        while await _dest_counts_nats(js, tag) < n * len(DESTS) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        await sup.stop()
+    warm_up = {e.key for e in events[: n // 4]}  # the first quarter warms Ray and the concurrency limits up
+    lat: list[float] = []
+    sub = await js.pull_subscribe(f"out{tag}.erp", stream=f"OUT{tag.upper()}_ERP",
+                                  config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE))
+    while True:
+        try:
+            msgs = await sub.fetch(1000, timeout=2)
+        except Exception:
+            break
+        for m in msgs:
+            key = orjson.loads(m.data)["idempotency_key"]
+            if key not in warm_up:
+                lat.append(m.metadata.timestamp.timestamp() - sent_at[key])
+        if len(lat) >= n - len(warm_up):
+            break
+    lat.sort()
+    return {"rate": rate, "events": n, "p50_ms": 1000 * lat[len(lat) // 2],
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], "measured": len(lat)}
+
+
+async def _bench(events: int, backlog: int, latency_seconds: float, out: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {"machine": _machine(), "events": events, "backlog": backlog}
+    _say(f"machine: {results['machine']['cpus']} cores, {results['machine']['cpu_model']}, "
+         f"{results['machine']['memory_gib']} GiB; {results['machine']['nats_server']}")
+    workdir = tempfile.mkdtemp(prefix="router-bench-")
+    server = EmbeddedNats(store_dir=os.path.join(workdir, "js")).start()
+    emulator = EmulatorProcess(workdir).start()
+    excluded = lambda: {p for p in (server.proc.pid if server.proc else 0, emulator.proc.pid if emulator.proc else 0)}  # noqa: E731
+    try:
+        nc = await nats.connect(server.url, pending_size=256 * 1024 * 1024)
+        js = nc.jetstream()
+        await js.add_stream(name="BENCH", subjects=["bench.>"])
+        _say(f"filling the backlog: {events:,} retail events")
+        await _fill(nc, "bench", events, 1, "backlog")
+
+        _say("(a) JetStream consume ceiling from Python ...")
+        a = await bench_ceiling(nc, js, "BENCH", events)
+        _say(f"    {a:,.0f} msgs/s")
+        _say("(b) plain nats-py pull_subscribe + fetch(1000) + decode + ack ...")
+        b = await bench_plain(js, "BENCH", events)
+        _say(f"    {b:,.0f} msgs/s")
+
+        _say("(c) router end to end, three NATS destinations ...")
+        await _add_dest_streams(js, "")
+        sampler = MemorySampler(excluded)
+        cfg = _router_config(server.url, "BENCH", ["bench.>"], "router-nats", "nats")
+        c_nats, sup = await _run_router(cfg, events, lambda: _dest_counts_nats(js, ""), "(c) nats", sampler)
+        st = await sup.stats()
+        await sup.stop()
+        mem_c = sampler.peak
+        _say(f"    {c_nats:,.0f} msgs/s ({c_nats * 3:,.0f} records/s delivered), peak RSS {mem_c / 2**20:,.0f} MiB")
+
+        _say("(c) router end to end, three HTTP destinations (batches of 500) ...")
+
+        async def http_count() -> int:
+            import aiohttp
+
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"{emulator.url}/stats") as r:
+                    stats = await r.json()
+            return sum(stats[d]["unique"] for d in DESTS)
+
+        cfg_http = _router_config(server.url, "BENCH", ["bench.>"], "router-http", "http", emulator.url, tag="h")
+        c_http, sup = await _run_router(cfg_http, events, http_count, "(c) http", MemorySampler(excluded))
+        await sup.stop()
+        _say(f"    {c_http:,.0f} msgs/s ({c_http * 3:,.0f} records/s delivered)")
+
+        _say(f"latency at half the router's rate ({c_nats / 2:,.0f} events/s for {latency_seconds:g}s) ...")
+        latency = await _latency(nc, js, server.url, c_nats / 2, latency_seconds)
+        _say(f"    p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms")
+
+        _say(f"backlog drain: {backlog:,} events published before the router starts ...")
+        await js.add_stream(name="BENCH_BACKLOG", subjects=["backlog.>"])
+        await _fill(nc, "backlog", backlog, 2, "backlog")
+        await _add_dest_streams(js, "b")
+        sampler_b = MemorySampler(excluded)
+        cfg_b = _router_config(server.url, "BENCH_BACKLOG", ["backlog.>"], "router-backlog", "nats", tag="b")
+        c_backlog, sup = await _run_router(cfg_b, backlog, lambda: _dest_counts_nats(js, "b"), "backlog", sampler_b)
+        st_b = await sup.stats()
+        await sup.stop()
+        _say(f"    drained at {c_backlog:,.0f} msgs/s; peak RSS {sampler_b.peak / 2**20:,.0f} MiB "
+             f"(vs {mem_c / 2**20:,.0f} MiB for {events:,})")
+        await nc.close()
+        keys_b = sum(d.known_keys for d in st_b.destinations.values())
+        keys_c = sum(d.known_keys for d in st.destinations.values())
+        results.update({
+            "a_ceiling_msgs_per_s": a,
+            "b_plain_msgs_per_s": b,
+            "c_router_nats_msgs_per_s": c_nats,
+            "c_router_http_msgs_per_s": c_http,
+            "ratios": {"nats_to_a": c_nats / a, "nats_to_b": c_nats / b, "http_to_a": c_http / a, "http_to_b": c_http / b},
+            "latency_at_half_load": latency,
+            "peak_rss_mib": {"router_nats_run": mem_c / 2**20, "backlog_run": sampler_b.peak / 2**20},
+            "dedup_keys_held": {"router_nats_run": keys_c, "backlog_run": keys_b},
+            "backlog_drain_msgs_per_s": c_backlog,
+        })
+    finally:
+        emulator.stop()
+        server.cleanup()
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def _chart(r: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    labels = ["(a) ceiling", "(b) plain nats-py", "(c) router → NATS ×3", "(c) router → HTTP ×3"]
+    values = [r["a_ceiling_msgs_per_s"], r["b_plain_msgs_per_s"], r["c_router_nats_msgs_per_s"],
+              r["c_router_http_msgs_per_s"]]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    bars = ax.barh(labels[::-1], values[::-1], color=["#4a7", "#4a7", "#888", "#bbb"])
+    for bar, v in zip(bars, values[::-1]):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:,.0f}", va="center")
+    m, lat = r["machine"], r["latency_at_half_load"]
+    ax.set_xlabel("source messages per second")
+    ax.set_title(f"{m['cpus']} cores, {m['cpu_model'][:40]} - latency at half load: "
+                 f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms", fontsize=9)
+    ax.set_xlim(0, max(values) * 1.2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def run_bench(events: int = 200_000, backlog: int = 1_000_000, latency_seconds: float = 10.0,
+              out: str = "bench-results") -> int:
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    r = asyncio.run(_bench(events, backlog, latency_seconds, out_dir))
+    (out_dir / "bench.json").write_text(json.dumps(r, indent=2))
+    png = _chart(r, out_dir / "bench.png")
+    rt = r["ratios"]
+    _say("")
+    _say(f"{'path':<40} {'msgs/s':>10} {'vs (a)':>8} {'vs (b)':>8}")
+    for label, v in (("(a) JetStream ceiling", r["a_ceiling_msgs_per_s"]), ("(b) plain nats-py", r["b_plain_msgs_per_s"]),
+                     ("(c) router, 3 NATS destinations", r["c_router_nats_msgs_per_s"]),
+                     ("(c) router, 3 HTTP destinations", r["c_router_http_msgs_per_s"])):
+        _say(f"{label:<40} {v:>10,.0f} {v / r['a_ceiling_msgs_per_s']:>7.0%} {v / r['b_plain_msgs_per_s']:>7.1f}x")
+    lat = r["latency_at_half_load"]
+    _say(f"latency at {lat['rate']:,.0f} events/s: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms")
+    mem = r["peak_rss_mib"]
+    _say(f"peak RSS of the router's processes: {mem['router_nats_run']:,.0f} MiB ({r['events']:,} events), "
+         f"{mem['backlog_run']:,.0f} MiB (backlog of {r['backlog']:,})")
+    _say(f"ratios: nats/a {rt['nats_to_a']:.2f}, nats/b {rt['nats_to_b']:.2f}")
+    _say(f"wrote {out_dir / 'bench.json'}" + (f" and {out_dir / 'bench.png'}" if png else
+                                               " (no chart: `pip install matplotlib`)"))
+    return 0
