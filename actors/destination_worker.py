@@ -58,7 +58,7 @@ class DestinationWorker:
                 await sink.start()
                 limiter = TokenBucket(dest.rate_limit.per_second, dest.rate_limit.burst) if dest.rate_limit else None
                 dlq = DeadLetterPublisher(js, cfg.dead_letter.stream, cfg.dead_letter.subject_prefix)
-                parking = ParkingLot(js, cfg.parking.stream, cfg.parking.subject_prefix, self.name, shard)
+                parking = ParkingLot(self._nc, cfg.parking.stream, cfg.parking.subject_prefix, self.name, shard)
                 delivery = DestinationDelivery(self.name, dest, sink, journal, index, dlq, parking=parking,
                                                limiter=limiter)
                 await delivery.start()

@@ -163,8 +163,10 @@ class RateLimitConfig(Base):
 class BufferConfig(Base):
     """How much a destination may hold in memory before its records are parked in JetStream."""
 
-    max_records: Annotated[int, msgspec.Meta(ge=1)] = 10_000  # records queued, not yet sent
-    max_wait: Duration = 2.0  # a record queued longer than this is parked, so the source moves on
+    # Sized so that a healthy destination draining a backlog stays below both: parking is for a
+    # destination that cannot keep up, and it costs a JetStream write and a read per record.
+    max_records: Annotated[int, msgspec.Meta(ge=1)] = 50_000  # records queued, not yet sent
+    max_wait: Duration = 5.0  # a record queued longer than this is parked, so the source moves on
 
 
 class CircuitBreakerConfig(Base):

@@ -291,6 +291,7 @@ class DestinationDelivery:
             await self._replay(msgs, probe)
 
     async def _replay(self, msgs: list[Any], probe: bool) -> None:
+        assert self.parking is not None
         group = _Group(0, asyncio.get_running_loop().create_future())
         now = self._clock()
         items: list[_Item] = []
@@ -328,11 +329,11 @@ class DestinationDelivery:
                 DELIVERED if w is None or self.index.contains(key_hash((m.headers or {}).get(KEY_HEADER, ""))) else None)
             try:
                 if outcome in (DELIVERED, DEAD_LETTERED):
-                    await m.ack()
+                    await self.parking.ack(m)
                     done += 1
                     self.stats.replayed += outcome == DELIVERED and isinstance(w, _Item)
                 else:
-                    await m.nak(delay=1.0)
+                    await self.parking.nak(m, 1.0)
             except Exception:  # the parked record stays parked and comes back: dedup covers a repeat
                 pass
         self._park_backlog = max(0, self._park_backlog - done)

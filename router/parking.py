@@ -8,12 +8,14 @@ replay`` puts dead letters back here too, so a replay is deduplicated like every
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import nats.errors
 import nats.js.errors
-from nats.js import JetStreamContext, api
+from nats.aio.client import Client
+from nats.js import api
+
+from .pipelined_publisher import PipelinedPublisher
+from .pull_consumer import PullConsumer
 
 __all__ = ["ParkingLot", "park_subject"]
 
@@ -27,12 +29,13 @@ def park_subject(prefix: str, destination: str, shard: int) -> str:
 
 
 class ParkingLot:
-    def __init__(self, js: JetStreamContext, stream: str, prefix: str, destination: str, shard: int) -> None:
-        self._js = js
+    def __init__(self, nc: Client, stream: str, prefix: str, destination: str, shard: int) -> None:
+        self._js = nc.jetstream()
         self.stream = stream
         self.subject = park_subject(prefix, destination, shard)
         self.durable = f"park-{destination}-{shard}"
-        self._sub: Any = None
+        self._publisher = PipelinedPublisher(nc)
+        self._consumer = PullConsumer(nc, stream, self.durable)
 
     async def open(self) -> int:
         """Bind the replay consumer; returns how many records are parked."""
@@ -42,7 +45,8 @@ class ParkingLot:
                 ack_wait=120.0, max_deliver=-1, deliver_policy=api.DeliverPolicy.ALL, max_ack_pending=20_000))
         except nats.js.errors.BadRequestError:
             pass  # exists: keep its position
-        self._sub = await self._js.pull_subscribe_bind(self.durable, self.stream)
+        await self._publisher.start()
+        await self._consumer.start()
         return await self.backlog()
 
     async def backlog(self) -> int:
@@ -51,14 +55,15 @@ class ParkingLot:
 
     async def park(self, records: list[tuple[str, bytes, str]], reason: str) -> None:
         """Store (key, payload, origin) records with JetStream acks; raises if any was not stored."""
-        await asyncio.gather(*(
-            self._js.publish(self.subject, payload, stream=self.stream, timeout=10,
-                             headers={KEY_HEADER: key, ORIGIN_HEADER: origin, REASON_HEADER: reason})
-            for key, payload, origin in records
-        ))
+        await self._publisher.publish(
+            self.subject, [p for _, p, _ in records],
+            [{KEY_HEADER: k, ORIGIN_HEADER: o, REASON_HEADER: reason} for k, _, o in records], timeout=10)
 
     async def fetch(self, n: int, timeout: float) -> list[Any]:
-        try:
-            return await self._sub.fetch(n, timeout=timeout)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
-            return []
+        return await self._consumer.fetch(n, expires=timeout)
+
+    async def ack(self, msg: Any) -> None:
+        await self._consumer.ack(msg)
+
+    async def nak(self, msg: Any, delay: float) -> None:
+        await self._consumer.nak(msg, delay)
