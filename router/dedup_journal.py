@@ -36,7 +36,7 @@ class DedupJournal:
         self._stream = stream
         self.subject = journal_subject(stream, destination)
 
-    async def commit(self, hashes: list[int], stop: Callable[[], bool] = lambda: False) -> None:
+    async def commit(self, hashes: list[int]) -> None:
         """Persist delivered keys; retries until JetStream has them (the source stays unacked meanwhile)."""
         payload = b"".join(_HASH.pack(h) for h in hashes)
         delay = 0.1
@@ -45,8 +45,6 @@ class DedupJournal:
                 await self._js.publish(self.subject, payload, stream=self._stream, timeout=5)
                 return
             except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:
-                if stop():
-                    raise
                 log.warning("dedup journal %s: publish failed (%s), retrying in %.1fs", self.subject, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

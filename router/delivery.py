@@ -80,7 +80,7 @@ class Sink(Protocol):
 
 
 class Journal(Protocol):
-    async def commit(self, hashes: list[int], stop: Any = ...) -> None: ...
+    async def commit(self, hashes: list[int]) -> None: ...
 
 
 def batch_id(destination: str, keys: list[str]) -> str:

@@ -10,7 +10,7 @@ import aiohttp
 import nats
 
 from router.config import Config, parse_config
-from router.demo import demo_config_dict
+from router.demo import demo_config_dict, read_dead_letters
 from router.supervisor import RouterStats, Supervisor
 
 
@@ -63,6 +63,25 @@ async def wait_final(sup: Supervisor, count: int, timeout: float = 90.0) -> Rout
         if time.monotonic() > deadline:
             raise AssertionError(f"not final after {timeout:g}s: {st}")
         await asyncio.sleep(0.2)
+
+
+async def route_through(cfg: Config, nats_url: str, events: list[Any]) -> RouterStats:
+    """Start the router, publish ``events``, wait until every one is final, stop (drained)."""
+    sup = Supervisor(cfg)
+    await sup.start()
+    try:
+        await publish(nats_url, events)
+        return await wait_final(sup, len(events))
+    finally:
+        await sup.stop()
+
+
+async def dead_letters(nats_url: str, cfg: Config) -> list[dict[str, str]]:
+    nc = await nats.connect(nats_url)
+    try:
+        return await read_dead_letters(nc.jetstream(), cfg.dead_letter.stream)
+    finally:
+        await nc.close()
 
 
 async def received(emulator_url: str, dest: str) -> dict[str, int]:
@@ -125,3 +144,42 @@ def kill_process_tree(pid: int) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(procs, timeout=30)
+
+
+SOURCES = [(s["stream"], s["durable"]) for s in demo_config_dict("", "")["sources"]]
+
+
+async def drained(url: str) -> bool:
+    """Every source consumer has nothing pending and nothing unacked."""
+    for stream, durable in SOURCES:
+        if await consumer_state(url, stream, durable) != (0, 0):
+            return False
+    return True
+
+
+async def wait_complete(url, emulator_url, expected, timeout=180.0):
+    """Until each destination has every expected key and the sources are drained."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await all_received(emulator_url, list(expected))
+        if all(set(got[d]) >= expected[d] for d in expected) and await drained(url):
+            return got
+        if time.monotonic() > deadline:
+            missing = {d: len(expected[d] - set(got[d])) for d in expected}
+            raise AssertionError(f"not complete after {timeout:g}s; missing per destination: {missing}")
+        await asyncio.sleep(0.5)
+
+
+def assert_exactly(expected, got, bounds=None, label=""):
+    """Each destination got exactly the expected keys; each once, or at most ``bounds[d]`` repeats."""
+    dups = {}
+    for d, keys in expected.items():
+        assert set(got[d]) == keys, f"{d}: lost {len(keys - set(got[d]))}, unexpected {len(set(got[d]) - keys)}"
+        dups[d] = duplicates_of(got[d])
+        if bounds is None:
+            assert dups[d] == 0, f"{d} received {dups[d]} records twice"
+        else:
+            assert dups[d] <= bounds[d], f"{d}: {dups[d]} duplicates exceed the in-flight bound {bounds[d]}"
+    if label:
+        print(f"\n{label}: records received twice per destination: {dups} (in-flight bounds: {bounds})")
+    return dups

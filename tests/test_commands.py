@@ -26,7 +26,7 @@ def test_demo_runs_end_to_end_and_cleans_up():
     assert res.returncode == 0, out + res.stderr
     assert "demo OK" in out
     for d in ("erp", "marketplace", "carrier"):
-        assert f"ok: each key exactly once" in next(line for line in out.splitlines() if line.startswith(d))
+        assert "ok: each key exactly once" in next(line for line in out.splitlines() if line.startswith(d))
     assert "dead-lettered at ingest (6)" in out and "missing idempotency key" in out
     # Nothing left behind: no nats-server or emulator from this demo still running.
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout

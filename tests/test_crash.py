@@ -8,11 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-import nats
-import pytest
-import ray
 import yaml
 
 from router.config import load_config
@@ -22,11 +18,8 @@ from router.loadtest.retail_events import RetailEventFactory
 from router.supervisor import Supervisor
 
 from .conftest import wait_until
-from .harness import (all_received, config, consumer_state, duplicates_of, in_flight_bound, kill_process_tree,
-                      publish, received)
-
-SOURCES = [(s["stream"], s["durable"]) for s in demo_config_dict("", "")["sources"]]
-
+from .harness import (all_received, assert_exactly, config, in_flight_bound, kill_process_tree, publish, received,
+                      wait_complete)
 
 def crash_config(raw):
     # Short ack_wait: after a crash, JetStream redelivers what was unacked within seconds.
@@ -34,39 +27,6 @@ def crash_config(raw):
         s.update(ack_wait="4s", redelivery_delay="500ms", fetch_batch=200, max_inflight_batches=4)
     for d in raw["destinations"].values():
         d.setdefault("batch", {})["linger"] = "5ms"
-
-
-async def drained(url: str) -> bool:
-    for stream, durable in SOURCES:
-        if await consumer_state(url, stream, durable) != (0, 0):
-            return False
-    return True
-
-
-async def wait_complete(url, emulator_url, expected, timeout=180.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await all_received(emulator_url, list(expected))
-        if all(set(got[d]) >= expected[d] for d in expected) and await drained(url):
-            return got
-        if time.monotonic() > deadline:
-            missing = {d: len(expected[d] - set(got[d])) for d in expected}
-            raise AssertionError(f"not complete after {timeout:g}s; missing per destination: {missing}")
-        await asyncio.sleep(0.5)
-
-
-def assert_exactly(expected, got, bounds=None, label=""):
-    dups = {}
-    for d, keys in expected.items():
-        assert set(got[d]) == keys, f"{d}: lost {len(keys - set(got[d]))}, unexpected {len(set(got[d]) - keys)}"
-        dups[d] = duplicates_of(got[d])
-        if bounds is None:
-            assert dups[d] == 0, f"{d} received {dups[d]} records twice"
-        else:
-            assert dups[d] <= bounds[d], f"{d}: {dups[d]} duplicates exceed the in-flight bound {bounds[d]}"
-    if label:
-        print(f"\n{label}: records received twice per destination: {dups} (in-flight bounds: {bounds})")
-    return dups
 
 
 def test_20k_events_with_10pct_resent_minutes_later_arrive_once_each(clean, nats_server, emulator, ray_session):

@@ -34,7 +34,7 @@ class MemoryJournal:
     def __init__(self):
         self.committed: list[int] = []
 
-    async def commit(self, hashes, stop=None):
+    async def commit(self, hashes):
         self.committed.extend(hashes)
 
 

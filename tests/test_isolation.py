@@ -17,8 +17,8 @@ from router.demo import expected_deliveries, read_dead_letters
 from router.loadtest.retail_events import RetailEventFactory
 from router.supervisor import Supervisor
 
-from .harness import config_dict, emulator_stats, publish, publish_paced, received, set_faults, wait_final
-from .test_crash import assert_exactly, wait_complete
+from .harness import (assert_exactly, config_dict, emulator_stats, publish, publish_paced, received, set_faults,
+                      wait_complete, wait_final)
 
 
 def paced_source(raw):

@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import re
 
-import msgspec
 import nats
 import orjson
 from nats.js import api
 
 from router.dead_letter import H
-from router.demo import expected_deliveries, read_dead_letters
+from router.demo import expected_deliveries
 from router.loadtest.retail_events import MALFORMED, GeneratedEvent, RetailEventFactory
 from router.supervisor import Supervisor
 
-from .harness import config, consumer_state, publish, received, records, set_faults, wait_final
+from .harness import (config, consumer_state, dead_letters, publish, received, records, route_through, set_faults,
+                      wait_final)
 
 ORDER = {"currency": "EUR", "total": 10.0, "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price": 10.0}]}
 
@@ -94,16 +94,9 @@ def test_malformed_input_is_dead_lettered_and_the_stream_keeps_flowing(clean, na
 
     async def scenario():
         cfg = config(nats_server.url, emulator.url)
-        sup = Supervisor(cfg)
-        await sup.start()
-        try:
-            await publish(nats_server.url, events)
-            st = await wait_final(sup, len(events))
-        finally:
-            await sup.stop()
+        st = await route_through(cfg, nats_server.url, events)
+        letters = await dead_letters(nats_server.url, cfg)
         nc = await nats.connect(nats_server.url)
-        letters = await read_dead_letters(nc.jetstream(), cfg.dead_letter.stream)
-        raw = []
         sub = await nc.jetstream().pull_subscribe("router.dlq.>", stream=cfg.dead_letter.stream,
                                                   config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE))
         raw = await sub.fetch(len(letters), timeout=5)
@@ -166,18 +159,11 @@ def test_rejected_record_is_dead_lettered_alone_with_the_response(clean, nats_se
     async def scenario():
         await set_faults(emulator.url, "erp", {"reject_keys": [bad_key]})
         cfg = config(nats_server.url, emulator.url)
-        sup = Supervisor(cfg)
-        await sup.start()
         try:
-            await publish(nats_server.url, events)
-            st = await wait_final(sup, len(events))
+            st = await route_through(cfg, nats_server.url, events)
         finally:
-            await sup.stop()
             await set_faults(emulator.url, "erp", None)
-        nc = await nats.connect(nats_server.url)
-        letters = await read_dead_letters(nc.jetstream(), cfg.dead_letter.stream)
-        await nc.close()
-        return st, letters, await received(emulator.url, "erp")
+        return st, await dead_letters(nats_server.url, cfg), await received(emulator.url, "erp")
 
     st, letters, got = asyncio.run(scenario())
     assert st.destinations["erp"].dead_lettered == 1
@@ -187,7 +173,7 @@ def test_rejected_record_is_dead_lettered_alone_with_the_response(clean, nats_se
     assert bad_key not in got and len(got) == len(events) - 1
 
 
-def test_destination_outage_is_retried_and_delivered_once(clean, nats_server, emulator, ray_session):
+def test_transient_failures_are_retried_and_delivered_once(clean, nats_server, emulator, ray_session):
     events = [e for e in RetailEventFactory(seed=15).burst(600) if e.type.startswith("inventory.")]
 
     def change(raw):
@@ -198,7 +184,7 @@ def test_destination_outage_is_retried_and_delivered_once(clean, nats_server, em
         cfg = config(nats_server.url, emulator.url, change)
         sup = Supervisor(cfg)
         await sup.start()
-        await set_faults(emulator.url, "marketplace", {"outage_s": 3})
+        await set_faults(emulator.url, "marketplace", {"fail_requests": 3, "status": 503})
         try:
             await publish(nats_server.url, events)
             st = await wait_final(sup, len(events))
@@ -208,5 +194,5 @@ def test_destination_outage_is_retried_and_delivered_once(clean, nats_server, em
         return st, await received(emulator.url, "marketplace")
 
     st, got = asyncio.run(scenario())
-    assert st.destinations["marketplace"].retries > 0
+    assert st.destinations["marketplace"].retries >= 3
     assert set(got) == {e.key for e in events} and all(n == 1 for n in got.values())
