@@ -115,6 +115,11 @@ class Supervisor:
                     return
                 log.warning("ingest actor for %s died (%s); restarting its loop", source, str(exc).splitlines()[0])
                 await asyncio.sleep(1.0)
+            except Exception as exc:  # e.g. NATS unreachable when the loop started: say so, try again
+                if self._stopping:
+                    return
+                log.error("ingest for %s stopped: %s; restarting it in 5s", source, str(exc).splitlines()[-1])
+                await asyncio.sleep(5.0)
 
     async def stats(self) -> RouterStats:
         ingest = await asyncio.gather(*(a.stats.remote() for _, a in self.ingest))
