@@ -163,3 +163,12 @@ def test_dedup_index_window_and_bound():
     assert not idx.contains(key_hash("a"))
     idx.add_many(range(3000))
     assert len(idx) <= 1000
+
+
+def test_ack_subjects_give_stream_sequence_and_delivery_count():
+    from router.pull_consumer import delivery_count, stream_seq
+
+    v1 = "$JS.ACK.RETAIL_ORDERS.router-orders.3.1042.977.1795440000000000000.12"
+    v2 = "$JS.ACK.hub.ACCHASH.RETAIL_ORDERS.router-orders.3.1042.977.1795440000000000000.12.rnd"
+    for reply in (v1, v2):
+        assert stream_seq(reply) == 1042 and delivery_count(reply) == 3
