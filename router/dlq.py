@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 import msgspec
+import nats.errors
 from nats.js import JetStreamContext, api
 
 from .config import Config, Duration
@@ -82,7 +83,7 @@ async def iter_dead_letters(js: JetStreamContext, cfg: Config, flt: DeadLetterFi
         while limit is None or len(out) < limit:
             try:
                 msgs = await sub.fetch(500, timeout=1.0)
-            except (asyncio.TimeoutError, Exception):
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
                 break
             for m in msgs:
                 md = m.metadata
