@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from typing import Any
 
@@ -47,6 +48,9 @@ def init_ray(cfg: Config) -> None:
         kwargs["address"] = cfg.ray.address
     else:
         kwargs["object_store_memory"] = cfg.ray.object_store_memory or 256 * 1024 * 1024
+        # Ray runs workers at nice 15 by default; here the actors are the workload, and they
+        # should not lose the CPU to the NATS server and publishers they keep pace with.
+        os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(**kwargs)
 
 

@@ -4,6 +4,7 @@ destination emulators in their own process. Started once per session, on loopbac
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from typing import Any, Callable
 
@@ -24,6 +25,7 @@ def nats_server():
 
 @pytest.fixture(scope="session")
 def ray_session():
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as `router run` starts a local Ray
     ray.init(namespace="router-tests", include_dashboard=False, object_store_memory=200 * 1024 * 1024,
              logging_level="WARNING")
     yield
