@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from .config import Config, parse_config
 from .dead_letter import H
 from .embedded_nats import EmbeddedNats
 from .routing import RouteTable
+from .signals import on_stop_signals
 from .supervisor import Supervisor
 
 __all__ = ["demo_config", "demo_config_dict", "expected_deliveries", "read_dead_letters", "run_demo"]
@@ -63,13 +63,6 @@ def demo_config_dict(nats_url: str, emulator_url: str, routes: str = DEFAULT_ROU
 
 def demo_config(nats_url: str, emulator_url: str) -> Config:
     return parse_config(demo_config_dict(nats_url, emulator_url), "<demo>")
-
-
-def _interrupts_cancel(task: asyncio.Task) -> None:
-    """Ctrl-C and SIGTERM cancel the demo, whose ``finally`` blocks stop what it started."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
 
 
 def _say(msg: str = "") -> None:
@@ -109,7 +102,9 @@ async def read_dead_letters(js: Any, stream: str) -> list[dict[str, str]]:
 
 async def _demo(events: int, duplicate_ratio: float, malformed: int, workdir: str, nats_url: str,
                 emulator_url: str, timeout: float) -> int:
-    _interrupts_cancel(asyncio.current_task())
+    task = asyncio.current_task()
+    assert task is not None
+    on_stop_signals(task.cancel)  # Ctrl-C and SIGTERM cancel the demo; its finally blocks clean up
     cfg = demo_config(nats_url, emulator_url)
     factory = RetailEventFactory(seed=int(time.time()))
     burst = list(factory.burst(events, duplicate_ratio=duplicate_ratio, malformed=malformed))
@@ -119,7 +114,7 @@ async def _demo(events: int, duplicate_ratio: float, malformed: int, workdir: st
     sup = Supervisor(cfg)
     t0 = time.monotonic()
     await sup.start()
-    _interrupts_cancel(asyncio.current_task())  # again: ray.init replaced the SIGTERM handler
+    on_stop_signals(task.cancel)  # again: ray.init replaced the handlers
     _say(f"router up in {time.monotonic() - t0:.1f}s: {len(cfg.sources)} sources, "
          f"{sum(d.pool_size for d in cfg.destinations.values())} sink actors, routes from {DEFAULT_ROUTES}")
     try:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 import ray
 
 from .config import Config
 from .metrics import StatsCollector, serve_metrics
+from .signals import on_stop_signals
 from .supervisor import RouterStats, Supervisor
 
 __all__ = ["run_service", "status_line"]
@@ -37,8 +37,7 @@ async def run_service(cfg: Config, status_every: float = 10.0, drain_timeout: fl
     await sup.start()
     # After start: ray.init installs its own SIGTERM handler in the driver, which would kill the
     # process without a drain.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    on_stop_signals(stop.set)
     log.info("router running: %d source(s), %d destination(s); Ctrl-C drains and stops",
              len(cfg.sources), len(cfg.destinations))
     try:
