@@ -116,13 +116,12 @@ class IngestActor:
             plan = self.planner.plan(msgs, seqs)
             failed: set[int] = set()
 
+            rejected = list(plan.rejected)
+            if self.cfg.on_unrouted == "dead_letter":
+                rejected += [(i, "no route matches this event") for i in plan.unrouted]
             letters = [dlq.ingest_failure(self.src.name, msgs[i].data, reason, subject=msgs[i].subject,
                                           stream_seq=seqs[i], headers=msgs[i].headers)
-                       for i, reason in plan.rejected]
-            if self.cfg.on_unrouted == "dead_letter":
-                letters += [dlq.ingest_failure(self.src.name, msgs[i].data, "no route matches this event",
-                                               subject=msgs[i].subject, stream_seq=seqs[i], headers=msgs[i].headers)
-                            for i in plan.unrouted]
+                       for i, reason in rejected]
             calls = [(idx, self.workers[dest][shard].submit.remote(records.encode()))
                      for (dest, shard), (records, idx) in plan.work.items()]
             try:
@@ -130,8 +129,7 @@ class IngestActor:
             except Exception as exc:
                 log.warning("ingest %s: dead-letter publish failed (%s); those messages will be redelivered",
                             self.src.name, exc)
-                failed.update(i for i, _ in plan.rejected)
-                failed.update(plan.unrouted if self.cfg.on_unrouted == "dead_letter" else ())
+                failed.update(i for i, _ in rejected)
             else:
                 self.stats_.dead_lettered += len(plan.rejected)
                 self.stats_.unrouted += len(plan.unrouted)
@@ -150,11 +148,6 @@ class IngestActor:
     async def _settle(self, msgs: list[Any], failed: set[int]) -> None:
         delay, consumer = self.src.redelivery_delay, self.consumer
         try:
-            if not failed:
-                for m in msgs:
-                    await consumer.ack(m)
-                self.stats_.acked += len(msgs)
-                return
             for i, m in enumerate(msgs):
                 if i in failed:
                     await consumer.nak(m, delay)

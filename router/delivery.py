@@ -199,9 +199,11 @@ class DestinationDelivery:
         self.stats.duplicates += duplicates
 
         items: list[_Item] = []
+        parked_now = 0
         reason = self._park_reason(len(fresh))
         if reason is not None and fresh:
             await self._park([(k, p, o) for _, k, p, o in fresh], reason)
+            parked_now = len(fresh)
         elif fresh:
             group = _Group(len(fresh), loop.create_future())
             for h, key, payload, origin in fresh:
@@ -221,7 +223,7 @@ class DestinationDelivery:
             delivered=outcomes.count(DELIVERED),
             duplicates=duplicates,
             dead_lettered=outcomes.count(DEAD_LETTERED),
-            parked=outcomes.count(PARKED) + (len(fresh) if not items else 0),
+            parked=outcomes.count(PARKED) + parked_now,
         )
 
     # -- parking ----------------------------------------------------------------------------------
@@ -295,22 +297,22 @@ class DestinationDelivery:
         group = _Group(0, asyncio.get_running_loop().create_future())
         now = self._clock()
         items: list[_Item] = []
-        waits: list[tuple[Any, _Item | _Group | None]] = []
+        waits: list[tuple[Any, int, _Item | _Group | None]] = []
         for m in msgs:
             headers = m.headers or {}
             key = headers.get(KEY_HEADER, "")
             h = key_hash(key)
             if self.index.contains(h):
-                waits.append((m, None))  # already delivered
+                waits.append((m, h, None))  # already delivered
                 continue
             other = self._in_flight.get(h)
             if other is not None:
-                waits.append((m, other))
+                waits.append((m, h, other))  # another delivery has it in hand
                 continue
             item = _Item(h, key, m.data, headers.get(ORIGIN_HEADER, ""), group, now)
             self._in_flight[h] = group
             items.append(item)
-            waits.append((m, item))
+            waits.append((m, h, item))
         group.remaining = len(items)
         if probe and not items:
             self.breaker.release_probe()
@@ -319,14 +321,15 @@ class DestinationDelivery:
             self._spawn(self._deliver(items[i:i + self.cfg.batch.max_records], from_park=True))
         if items:
             await group.future
-        others = {w for _, w in waits if isinstance(w, _Group)}
+        others = {w for _, _, w in waits if isinstance(w, _Group)}
         if others:
             await asyncio.gather(*(g.future for g in others))
         done = 0
-        for m, w in waits:
-            # A record another delivery had in hand is settled by that delivery: ack once it is known.
-            outcome = w.outcome if isinstance(w, _Item) else (
-                DELIVERED if w is None or self.index.contains(key_hash((m.headers or {}).get(KEY_HEADER, ""))) else None)
+        for m, h, w in waits:
+            if isinstance(w, _Item):
+                outcome = w.outcome
+            else:  # known, or settled by another delivery: delivered if the index has it now
+                outcome = DELIVERED if self.index.contains(h) else None
             try:
                 if outcome in (DELIVERED, DEAD_LETTERED):
                     await self.parking.ack(m)
@@ -388,12 +391,11 @@ class DestinationDelivery:
         """Deliver (or park) what is queued, then stop."""
         self._closing = True
         self._wakeup.set()
-        for t in self._loops:
-            if t is self._loops[0]:
-                await t  # the flush loop empties the queue before it returns
-            else:
-                t.cancel()
-        await asyncio.gather(*self._loops[1:], return_exceptions=True)
+        flush, *others = self._loops
+        for t in others:  # parking stale records and replaying the park stop here
+            t.cancel()
+        await flush  # it empties the queue before it returns
+        await asyncio.gather(*others, return_exceptions=True)
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
 
