@@ -14,13 +14,13 @@ import os
 import ray
 
 from router.config import Config
-from router.dead_letter import DeadLetterPublisher
-from router.dedup_index import DedupIndex
-from router.dedup_journal import DedupJournal
-from router.delivery import DestinationDelivery, DestinationStats, SubmitResult
-from router.nats_connection import connect
-from router.parking import ParkingLot
-from router.rate_limit import TokenBucket
+from router.jetstream.dead_letters import DeadLetterPublisher
+from router.delivery.dedup_index import DedupIndex
+from router.jetstream.dedup_journal import DedupJournal
+from router.delivery.shard import DestinationDelivery, DestinationStats, SubmitResult
+from router.jetstream.connection import connect
+from router.jetstream.parking import ParkingLot
+from router.policies.rate_limit import TokenBucket
 from router.record_batch import RecordBatch
 from router.sinks.http_sink import HttpSink
 from router.sinks.nats_sink import NatsSink

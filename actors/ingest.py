@@ -19,11 +19,11 @@ import nats.errors
 import ray
 
 from router.config import Config
-from router.dead_letter import DeadLetterPublisher
-from router.ingest_plan import IngestPlanner
-from router.nats_connection import connect
-from router.pull_consumer import PullConsumer, stream_seq
-from router.routing import RouteTable
+from router.jetstream.dead_letters import DeadLetterPublisher
+from router.ingest.plan import IngestPlanner
+from router.jetstream.connection import connect
+from router.jetstream.pull_consumer import PullConsumer, stream_seq
+from router.ingest.routing import RouteTable
 
 __all__ = ["IngestActor", "IngestStats"]
 

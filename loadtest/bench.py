@@ -31,9 +31,9 @@ from nats.js import api
 
 from router.codecs.envelope import Envelope
 from router.config import Config, parse_config
-from router.embedded_nats import EmbeddedNats, nats_server_binary
-from router.pull_consumer import PullConsumer
-from router.supervisor import Supervisor
+from router.jetstream.embedded_server import EmbeddedNats, nats_server_binary
+from router.jetstream.pull_consumer import PullConsumer
+from router.control.supervisor import Supervisor
 
 from .fast_publisher import publish_pipelined
 from .retail_events import RetailEventFactory

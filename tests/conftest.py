@@ -13,7 +13,7 @@ import nats
 import pytest
 import ray
 
-from router.embedded_nats import EmbeddedNats
+from router.jetstream.embedded_server import EmbeddedNats
 from router.loadtest.sink_emulator import EmulatorProcess
 
 

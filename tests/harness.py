@@ -10,8 +10,8 @@ import aiohttp
 import nats
 
 from router.config import Config, parse_config
-from router.demo import demo_config_dict, read_dead_letters
-from router.supervisor import RouterStats, Supervisor
+from router.control.demo import demo_config_dict, read_dead_letters
+from router.control.supervisor import RouterStats, Supervisor
 
 
 def config_dict(nats_url: str, emulator_url: str, change: Callable[[dict], None] | None = None) -> dict:

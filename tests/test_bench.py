@@ -8,7 +8,7 @@ import sys
 
 def test_small_benchmark_runs_and_writes_its_results(tmp_path):
     out = tmp_path / "bench"
-    res = subprocess.run([sys.executable, "-m", "router.cli", "bench", "--events", "3000", "--backlog", "4000",
+    res = subprocess.run([sys.executable, "-m", "router.control.cli", "bench", "--events", "3000", "--backlog", "4000",
                           "--latency-seconds", "2", "--out", str(out)], capture_output=True, text=True, timeout=600)
     print(res.stdout[-3000:])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -1,7 +1,7 @@
 """Circuit breaker and adaptive concurrency with an injected clock: exact, and in microseconds."""
 
-from router.adaptive_concurrency import AdaptiveConcurrency
-from router.circuit_breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from router.policies.adaptive_concurrency import AdaptiveConcurrency
+from router.policies.circuit_breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from router.config import CircuitBreakerConfig
 
 

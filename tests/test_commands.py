@@ -11,8 +11,8 @@ import urllib.request
 
 import yaml
 
-from router.demo import demo_config_dict, expected_deliveries
-from router.embedded_nats import free_port
+from router.control.demo import demo_config_dict, expected_deliveries
+from router.jetstream.embedded_server import free_port
 from router.loadtest.retail_events import RetailEventFactory
 
 from .conftest import wait_until
@@ -20,7 +20,7 @@ from .harness import consumer_state, publish, received
 
 
 def test_demo_runs_end_to_end_and_cleans_up():
-    res = subprocess.run([sys.executable, "-m", "router.cli", "demo", "--events", "1500"],
+    res = subprocess.run([sys.executable, "-m", "router.control.cli", "demo", "--events", "1500"],
                          capture_output=True, text=True, timeout=300)
     out = res.stdout
     assert res.returncode == 0, out + res.stderr
@@ -35,7 +35,7 @@ def test_demo_runs_end_to_end_and_cleans_up():
 
 def test_demo_interrupted_stops_everything_it_started(tmp_path):
     log = tmp_path / "demo.log"
-    proc = subprocess.Popen([sys.executable, "-m", "router.cli", "demo", "--events", "200000"],
+    proc = subprocess.Popen([sys.executable, "-m", "router.control.cli", "demo", "--events", "200000"],
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: "router up" in log.read_text() or proc.poll() is not None, 120, "the demo's router")
@@ -65,7 +65,7 @@ def test_run_drains_on_sigterm_and_resumes_where_it_stopped(clean, nats_server, 
 
     def start():
         # Output to a file: a pipe nobody reads would fill up and block the router.
-        return subprocess.Popen([sys.executable, "-m", "router.cli", "run", "-c", str(cfg_path)],
+        return subprocess.Popen([sys.executable, "-m", "router.control.cli", "run", "-c", str(cfg_path)],
                                 stdout=log.open("a"), stderr=subprocess.STDOUT, text=True)
 
     def scrape():

@@ -106,13 +106,13 @@ def test_missing_file():
 def test_cli_check_and_run_report_config_errors(tmp_path):
     p = write_config(tmp_path, lambda r: r["sources"][0].update(fetch_batch="many"))
     for cmd in (["check", "-c", str(p)], ["run", "-c", str(p)]):
-        res = subprocess.run([sys.executable, "-m", "router.cli", *cmd], capture_output=True, text=True, timeout=60)
+        res = subprocess.run([sys.executable, "-m", "router.control.cli", *cmd], capture_output=True, text=True, timeout=60)
         assert res.returncode == 2, res.stderr
         assert f"{p}: sources[0].fetch_batch: Expected `int`" in res.stderr
 
 
 def test_cli_check_ok():
-    res = subprocess.run([sys.executable, "-m", "router.cli", "check", "-c", str(EXAMPLE)],
+    res = subprocess.run([sys.executable, "-m", "router.control.cli", "check", "-c", str(EXAMPLE)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "ok (4 sources, 3 destinations, 8 routes)" in res.stdout
 

@@ -12,10 +12,10 @@ import sys
 import yaml
 
 from router.config import load_config
-from router.demo import demo_config_dict, expected_deliveries
-from router.embedded_nats import EmbeddedNats
+from router.control.demo import demo_config_dict, expected_deliveries
+from router.jetstream.embedded_server import EmbeddedNats
 from router.loadtest.retail_events import RetailEventFactory
-from router.supervisor import Supervisor
+from router.control.supervisor import Supervisor
 
 from .conftest import wait_until
 from .harness import (all_received, assert_exactly, config, in_flight_bound, kill_process_tree, publish, received,
@@ -64,7 +64,7 @@ def test_kill_9_of_the_whole_router_then_restart(clean, nats_server, emulator, t
     log = tmp_path / "router.log"
 
     def start():
-        return subprocess.Popen([sys.executable, "-m", "router.cli", "run", "-c", str(path)],
+        return subprocess.Popen([sys.executable, "-m", "router.control.cli", "run", "-c", str(path)],
                                 stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
 
     proc = start()

@@ -6,11 +6,11 @@ import asyncio
 import pytest
 
 from router.config import Destination, RetryConfig, parse_section
-from router.dedup_index import DedupIndex, key_hash
-from router.delivery import DestinationDelivery, RetriesExhausted, batch_id
+from router.delivery.dedup_index import DedupIndex, key_hash
+from router.delivery.shard import DestinationDelivery, RetriesExhausted, batch_id
 from router.record_batch import RecordBatch
-from router.rate_limit import TokenBucket
-from router.retry import RetryPolicy
+from router.policies.rate_limit import TokenBucket
+from router.policies.retry import RetryPolicy
 from router.sinks import Delivered, Permanent, Transient
 
 
@@ -166,7 +166,7 @@ def test_dedup_index_window_and_bound():
 
 
 def test_ack_subjects_give_stream_sequence_and_delivery_count():
-    from router.pull_consumer import delivery_count, stream_seq
+    from router.jetstream.pull_consumer import delivery_count, stream_seq
 
     v1 = "$JS.ACK.RETAIL_ORDERS.router-orders.3.1042.977.1795440000000000000.12"
     v2 = "$JS.ACK.hub.ACCHASH.RETAIL_ORDERS.router-orders.3.1042.977.1795440000000000000.12.rnd"

@@ -12,10 +12,10 @@ import nats
 import yaml
 
 from router.config import parse_config
-from router.dead_letter import H
-from router.demo import expected_deliveries, read_dead_letters
+from router.jetstream.dead_letters import H
+from router.control.demo import expected_deliveries, read_dead_letters
 from router.loadtest.retail_events import RetailEventFactory
-from router.supervisor import Supervisor
+from router.control.supervisor import Supervisor
 
 from .harness import (assert_exactly, config_dict, emulator_stats, publish, publish_paced, received, set_faults,
                       wait_complete, wait_final)
@@ -170,7 +170,7 @@ def test_refused_records_are_dead_lettered_then_replayed_once(clean, nats_server
     refused = {e.key for e in events if e.type.startswith("shipment.")}  # they carry `tracking_number`
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "router.cli", "dlq", *args, "-c", str(path)],
+        return subprocess.run([sys.executable, "-m", "router.control.cli", "dlq", *args, "-c", str(path)],
                               capture_output=True, text=True, timeout=120)
 
     async def scenario():

@@ -9,10 +9,10 @@ import nats
 import orjson
 from nats.js import api
 
-from router.dead_letter import H
-from router.demo import expected_deliveries
+from router.jetstream.dead_letters import H
+from router.control.demo import expected_deliveries
 from router.loadtest.retail_events import MALFORMED, GeneratedEvent, RetailEventFactory
-from router.supervisor import Supervisor
+from router.control.supervisor import Supervisor
 
 from .harness import (config, consumer_state, dead_letters, publish, received, records, route_through, set_faults,
                       wait_final)

@@ -5,7 +5,7 @@ import pytest
 
 from router.codecs import EventDecoder
 from router.config import Match, Predicate, Route, load_config
-from router.routing import RouteTable, wildcard_match
+from router.ingest.routing import RouteTable, wildcard_match
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "router.example.yaml"
 

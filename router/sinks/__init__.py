@@ -1,5 +1,5 @@
 """Destination kinds: each sink sends one batch and says what happened (``outcome``)."""
 
-from .outcome import Delivered, Outcome, Permanent, Transient
+from router.sinks.outcome import Delivered, Outcome, Permanent, Transient
 
 __all__ = ["Delivered", "Outcome", "Permanent", "Transient"]

@@ -15,7 +15,7 @@ import aiohttp
 
 from router.config import Destination
 
-from .outcome import Delivered, Outcome, Permanent, Transient
+from router.sinks.outcome import Delivered, Outcome, Permanent, Transient
 
 __all__ = ["HttpSink", "parse_retry_after"]
 

@@ -14,9 +14,9 @@ import nats.errors
 from nats.aio.client import Client
 
 from router.config import Destination
-from router.pipelined_publisher import PipelinedPublisher, PublishError
+from router.jetstream.pipelined_publisher import PipelinedPublisher, PublishError
 
-from .outcome import Delivered, Outcome, Permanent, Transient
+from router.sinks.outcome import Delivered, Outcome, Permanent, Transient
 
 __all__ = ["NatsSink"]
 

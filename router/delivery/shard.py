@@ -26,16 +26,16 @@ from typing import Any, Callable, Protocol
 
 import msgspec
 
-from .adaptive_concurrency import AdaptiveConcurrency
-from .circuit_breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from .config import Destination
-from .dead_letter import DeadLetterPublisher
-from .dedup_index import DedupIndex, key_hash
-from .parking import KEY_HEADER, ORIGIN_HEADER, ParkingLot
-from .rate_limit import TokenBucket
-from .record_batch import RecordBatch
-from .retry import RetryPolicy
-from .sinks import Delivered, Outcome, Permanent, Transient
+from router.policies.adaptive_concurrency import AdaptiveConcurrency
+from router.policies.circuit_breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from router.config import Destination
+from router.jetstream.dead_letters import DeadLetterPublisher
+from router.delivery.dedup_index import DedupIndex, key_hash
+from router.jetstream.parking import KEY_HEADER, ORIGIN_HEADER, ParkingLot
+from router.policies.rate_limit import TokenBucket
+from router.record_batch import RecordBatch
+from router.policies.retry import RetryPolicy
+from router.sinks import Delivered, Outcome, Permanent, Transient
 
 __all__ = ["DestinationDelivery", "DestinationStats", "RetriesExhausted", "SubmitResult", "batch_id"]
 

@@ -14,8 +14,8 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import api
 
-from .pipelined_publisher import PipelinedPublisher
-from .pull_consumer import PullConsumer
+from router.jetstream.pipelined_publisher import PipelinedPublisher
+from router.jetstream.pull_consumer import PullConsumer
 
 __all__ = ["ParkingLot", "park_subject"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from .config import ConfigError, check_environment, config_schema, load_config, routes_schema
+from router.config import ConfigError, check_environment, config_schema, load_config, routes_schema
 
 __all__ = ["main"]
 
@@ -43,8 +43,8 @@ def run(config_path: str, drain_timeout: float) -> None:
         check_environment(cfg, config_path)
     except ConfigError as exc:
         _fail(str(exc))
-    from .jetstream_setup import SetupError
-    from .service import run_service
+    from router.jetstream.streams import SetupError
+    from router.control.service import run_service
 
     try:
         asyncio.run(run_service(cfg, drain_timeout=drain_timeout))
@@ -63,7 +63,7 @@ def run(config_path: str, drain_timeout: float) -> None:
 def demo(events: int, duplicates: float, malformed: int, timeout: float) -> None:
     """Run the whole pipeline locally: embedded NATS, local Ray, emulated destinations."""
     logging.getLogger().setLevel(logging.WARNING)
-    from .demo import run_demo
+    from router.control.demo import run_demo
 
     sys.exit(run_demo(events, duplicates, malformed, timeout))
 
@@ -106,8 +106,8 @@ def _dlq_run(config_path: str, action: Any) -> Any:
         cfg = load_config(config_path)
     except ConfigError as exc:
         _fail(str(exc))
-    from .jetstream_setup import ensure_router_streams
-    from .nats_connection import connect
+    from router.jetstream.streams import ensure_router_streams
+    from router.jetstream.connection import connect
 
     async def go() -> Any:
         nc = await connect(cfg.nats, "router-dlq")
@@ -125,7 +125,7 @@ def _dlq_run(config_path: str, action: Any) -> Any:
 
 
 def _filter(destination: str | None, stage: str | None, since: str | None, until: str | None) -> Any:
-    from .dlq import DeadLetterFilter, parse_when
+    from router.control.dlq import DeadLetterFilter, parse_when
 
     try:
         return DeadLetterFilter(destination, stage, parse_when(since), parse_when(until))
@@ -141,8 +141,8 @@ def dlq_list(config_path: str, destination: str | None, stage: str | None, since
     """One line per dead letter: sequence, time, where, key, reason."""
     from datetime import datetime, timezone
 
-    from .dead_letter import H
-    from .dlq import iter_dead_letters
+    from router.jetstream.dead_letters import H
+    from router.control.dlq import iter_dead_letters
 
     flt = _filter(destination, stage, since, until)
     letters = _dlq_run(config_path, lambda cfg, js: iter_dead_letters(js, cfg, flt, limit))
@@ -179,7 +179,7 @@ def dlq_show(config_path: str, seq: int) -> None:
 def dlq_replay(config_path: str, destination: str | None, stage: str | None, since: str | None,
                until: str | None) -> None:
     """Replay the selected dead letters (deduplicated per destination), then remove them."""
-    from .dlq import iter_dead_letters, replay
+    from router.control.dlq import iter_dead_letters, replay
 
     flt = _filter(destination, stage, since, until)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import nats.js.errors
 from nats.js import JetStreamContext, api
 
-from .config import Config, Source
+from router.config import Config, Source
 
 __all__ = ["SetupError", "ensure_router_streams", "ensure_source", "dedup_subjects"]
 

@@ -18,7 +18,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext, api
 
-from .dedup_index import DedupIndex
+from router.delivery.dedup_index import DedupIndex
 
 __all__ = ["DedupJournal", "journal_subject"]
 

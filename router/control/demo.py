@@ -28,12 +28,12 @@ from router.loadtest.retail_events import RetailEventFactory
 from router.loadtest.sink_emulator import EmulatorProcess
 from router.routes import DEFAULT_ROUTES
 
-from .config import Config, parse_config
-from .dead_letter import H
-from .embedded_nats import EmbeddedNats
-from .routing import RouteTable
-from .signals import on_stop_signals
-from .supervisor import Supervisor
+from router.config import Config, parse_config
+from router.jetstream.dead_letters import H
+from router.jetstream.embedded_server import EmbeddedNats
+from router.ingest.routing import RouteTable
+from router.control.signals import on_stop_signals
+from router.control.supervisor import Supervisor
 
 __all__ = ["demo_config", "demo_config_dict", "expected_deliveries", "read_dead_letters", "run_demo"]
 

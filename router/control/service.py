@@ -7,10 +7,10 @@ import logging
 
 import ray
 
-from .config import Config
-from .metrics import StatsCollector, serve_metrics
-from .signals import on_stop_signals
-from .supervisor import RouterStats, Supervisor
+from router.config import Config
+from router.control.metrics import StatsCollector, serve_metrics
+from router.control.signals import on_stop_signals
+from router.control.supervisor import RouterStats, Supervisor
 
 __all__ = ["run_service", "status_line"]
 

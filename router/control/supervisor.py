@@ -20,10 +20,10 @@ import ray
 from router.actors import DestinationWorker, IngestActor
 from router.actors.ingest import IngestStats
 
-from .config import Config
-from .delivery import DestinationStats
-from .jetstream_setup import ensure_router_streams, ensure_source
-from .nats_connection import connect
+from router.config import Config
+from router.delivery.shard import DestinationStats
+from router.jetstream.streams import ensure_router_streams, ensure_source
+from router.jetstream.connection import connect
 
 __all__ = ["RouterStats", "Supervisor", "init_ray"]
 

@@ -11,7 +11,7 @@ from typing import Iterator
 from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .supervisor import RouterStats
+from router.control.supervisor import RouterStats
 
 __all__ = ["StatsCollector", "serve_metrics"]
 

@@ -12,7 +12,7 @@ import ssl
 import nats
 from nats.aio.client import Client
 
-from .config import NatsConfig
+from router.config import NatsConfig
 
 __all__ = ["connect"]
 

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from .config import CircuitBreakerConfig
+from router.config import CircuitBreakerConfig
 
 __all__ = ["CLOSED", "CircuitBreaker", "HALF_OPEN", "OPEN"]
 

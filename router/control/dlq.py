@@ -20,10 +20,10 @@ import msgspec
 import nats.errors
 from nats.js import JetStreamContext, api
 
-from .config import Config, Duration
-from .dead_letter import H
-from .ingest_plan import shard_of
-from .parking import KEY_HEADER, ORIGIN_HEADER, REASON_HEADER, park_subject
+from router.config import Config, Duration
+from router.jetstream.dead_letters import H
+from router.ingest.plan import shard_of
+from router.jetstream.parking import KEY_HEADER, ORIGIN_HEADER, REASON_HEADER, park_subject
 
 __all__ = ["DeadLetterFilter", "DeadLetterView", "iter_dead_letters", "parse_when", "replay"]
 

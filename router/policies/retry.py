@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Callable
 
-from .config import RetryConfig
+from router.config import RetryConfig
 
 __all__ = ["RetryPolicy"]
 

@@ -12,9 +12,9 @@ from typing import Any, Protocol
 
 from router.codecs import EventDecoder, InvalidEvent
 
-from .dedup_index import key_hash
-from .record_batch import RecordBatch
-from .routing import RouteTable
+from router.delivery.dedup_index import key_hash
+from router.record_batch import RecordBatch
+from router.ingest.routing import RouteTable
 
 __all__ = ["BatchPlan", "IngestPlanner", "shard_of"]
 

@@ -1,0 +1,1 @@
+"""The control plane: CLI, supervisor, service, demo, dead-letter tools, metrics."""

@@ -1,0 +1,1 @@
+"""Ingest logic: route an event, plan a fetched batch."""
