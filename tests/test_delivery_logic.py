@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from router.config import Destination, RetryConfig, parse_section
-from router.delivery.dedup_index import DedupIndex, key_hash
+from router.delivery.dedup_index import DedupIndex
 from router.delivery.shard import DestinationDelivery, RetriesExhausted, batch_id
 from router.record_batch import RecordBatch
 from router.policies.rate_limit import TokenBucket
@@ -152,17 +152,6 @@ def test_token_bucket_with_injected_clock():
     assert tb.try_take() == pytest.approx(0.1)
     now[0] += 0.1
     assert tb.try_take() == 0
-
-
-def test_dedup_index_window_and_bound():
-    now = [1000.0]
-    idx = DedupIndex(window=100, max_keys=1000, clock=lambda: now[0])
-    idx.add_many([key_hash("a")])
-    assert idx.contains(key_hash("a"))
-    now[0] += 101
-    assert not idx.contains(key_hash("a"))
-    idx.add_many(range(3000))
-    assert len(idx) <= 1000
 
 
 def test_ack_subjects_give_stream_sequence_and_delivery_count():
