@@ -1,5 +1,13 @@
 """HTTP destinations: ``POST`` a JSON array of records (the HTTP contract in DESIGN.md).
 
+Redirects are never followed: aiohttp would re-send a 302/303 as a GET without the body (the
+2xx that follows would count records as delivered that nobody received), and a 307/308 would
+send them, with our credentials, to a host nobody configured. A 3xx is a permanent failure of
+the whole batch, dead-lettered with the status and the ``Location``.
+
+Whatever the destination answers (a body may echo our request headers) and every exception
+text pass through the redactor before they become a reason, a dead-letter header or a log line.
+
 aiohttp rather than httpx: it is the faster asyncio client for many small requests, keeps a
 pooled connector per destination, and already ships with Ray's dependencies.
 """
@@ -14,7 +22,7 @@ import time
 import aiohttp
 
 from router.config import Destination
-
+from router.redaction import destination_secrets, install_log_redaction
 from router.sinks.outcome import Delivered, Outcome, Permanent, Transient
 
 __all__ = ["HttpSink", "parse_retry_after"]
@@ -45,6 +53,8 @@ class HttpSink:
         if cfg.auth:
             token = os.environ[cfg.auth.token_env]
             self._headers[cfg.auth.header] = f"{cfg.auth.scheme} {token}".strip()
+        # This process (a Ray actor) redacts its logs and outcomes from here on.
+        self._redactor = install_log_redaction(destination_secrets(cfg))
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -62,12 +72,19 @@ class HttpSink:
         headers = dict(self._headers)
         headers["Idempotency-Key"] = batch_id
         try:
-            async with self._session.post(self.cfg.url, data=body, headers=headers) as resp:
+            async with self._session.post(self.cfg.url, data=body, headers=headers,
+                                          allow_redirects=False) as resp:
                 status = resp.status
                 if 200 <= status < 300:
                     await resp.read()
                     return Delivered()
-                excerpt = (await resp.text(errors="replace"))[:512]
+                # Redact before cutting: a secret cut in two would no longer match.
+                excerpt = self._redactor.redact(await resp.text(errors="replace"))[:512]
+                if 300 <= status < 400:
+                    location = self._redactor.redact(resp.headers.get("Location", "(none)"))
+                    return Permanent(f"HTTP {status} redirect from {self.name} to {location}; "
+                                     f"redirects are not followed: configure the final URL",
+                                     status, excerpt, record_level=False)
                 reason = f"HTTP {status} from {self.name}"
                 if status in (408, 429) or status >= 500:
                     return Transient(reason, parse_retry_after(resp.headers.get("Retry-After")))
@@ -75,4 +92,5 @@ class HttpSink:
         except asyncio.TimeoutError:
             return Transient(f"timeout after {self.cfg.timeout:g}s from {self.name}")
         except aiohttp.ClientError as exc:
-            return Transient(f"connection error to {self.name}: {exc.__class__.__name__}: {exc}")
+            return Transient(self._redactor.redact(
+                f"connection error to {self.name}: {exc.__class__.__name__}: {exc}"))

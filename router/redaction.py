@@ -1,0 +1,177 @@
+"""Keep configured secrets out of everything the router writes: logs, errors, dead letters.
+
+The config names secrets by environment variable (destination auth tokens, the NATS token, user
+and password) or by file (NATS credentials); URLs may carry a password in their user part.
+``secrets_from_config`` collects those values, ``Redactor.redact`` replaces each of them (and
+the forms they take when echoed back in JSON or URL-encoded) with ``[REDACTED]``.
+
+One redactor per process (``register`` adds to it): the CLI registers the whole config; the
+NATS connection and the HTTP sink register what they read themselves, so Ray actor processes,
+which never run the CLI, redact too. ``install_log_redaction`` makes every log record of the
+process pass through it, whichever logger or handler writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from typing import Any, Iterable
+from urllib.parse import quote, quote_plus, unquote, urlsplit
+
+__all__ = ["REDACTED", "RedactingFilter", "Redactor", "install_log_redaction", "redact", "register",
+           "secrets_from_config"]
+
+REDACTED = "[REDACTED]"
+
+
+class Redactor:
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._lock = threading.Lock()
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        forms: set[str] = set()
+        for s in secrets:
+            if not s:
+                continue
+            # The value as configured, and as a destination may echo it back: JSON-escaped,
+            # URL-encoded (a query string, a form), and decoded if it was configured encoded.
+            forms |= {s, json.dumps(s)[1:-1], quote(s, safe=""), quote_plus(s), unquote(s)}
+        with self._lock:
+            if forms <= self._secrets:
+                return
+            self._secrets |= {f for f in forms if f}
+            # Longest first, so a secret that contains another is replaced whole.
+            alternatives = sorted(self._secrets, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(a) for a in alternatives))
+
+    def __bool__(self) -> bool:
+        return self._pattern is not None
+
+    def redact(self, text: Any) -> str:
+        text = text if isinstance(text, str) else str(text)
+        pattern = self._pattern
+        return pattern.sub(REDACTED, text) if pattern is not None else text
+
+
+_process_redactor = Redactor()
+
+
+def register(secrets: Iterable[str]) -> Redactor:
+    """Add secrets to this process's redactor; returns it."""
+    _process_redactor.add(secrets)
+    return _process_redactor
+
+
+def redact(text: Any) -> str:
+    """``text`` with every secret this process knows replaced by ``[REDACTED]``."""
+    return _process_redactor.redact(text)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The password (and user) in a URL's user part, e.g. ``nats://user:secret@host``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    return [v for v in (parts.password, parts.username if parts.password else None) if v]
+
+
+def credentials_file_secrets(path: str) -> list[str]:
+    """The JWT and the nkey seed of a NATS ``.creds`` file: every line between its markers."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = [line.strip() for line in fh]
+    except OSError:
+        return []
+    return [line for line in lines if len(line) >= 16 and not line.startswith(("-", "*"))]
+
+
+def nats_secrets(nats_cfg: Any) -> list[str]:
+    out: list[str] = []
+    for key in ("token_env", "user_env", "password_env"):
+        var = getattr(nats_cfg, key, None)
+        if var and os.environ.get(var):
+            out.append(os.environ[var])
+    urls = [nats_cfg.url] if isinstance(nats_cfg.url, str) else list(nats_cfg.url)
+    for u in urls:
+        out += url_secrets(u)
+    if getattr(nats_cfg, "credentials", None):
+        out += credentials_file_secrets(nats_cfg.credentials)
+    return out
+
+
+def destination_secrets(dest: Any) -> list[str]:
+    out: list[str] = []
+    if dest.auth and os.environ.get(dest.auth.token_env):
+        out.append(os.environ[dest.auth.token_env])
+    if dest.url:
+        out += url_secrets(dest.url)
+    return out
+
+
+def secrets_from_config(cfg: Any) -> list[str]:
+    """Every secret value the config names, read from the environment and files now."""
+    out = nats_secrets(cfg.nats)
+    for dest in cfg.destinations.values():
+        out += destination_secrets(dest)
+    return out
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record's message (arguments merged in) and its traceback text, redacted."""
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__()
+        self.redactor = redactor or _process_redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.redactor:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: keep the parts rather than lose the line
+            message = f"{record.msg} {record.args}"
+        record.msg, record.args = self.redactor.redact(message), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redactor.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redactor.redact(record.stack_info)
+        return True
+
+
+_installed = False
+
+
+def install_log_redaction(secrets: Iterable[str] = ()) -> Redactor:
+    """Register ``secrets`` and redact every log record this process creates from now on.
+
+    A filter on the root logger alone would miss records of child loggers (logging applies a
+    logger's filters only to records logged on it) and handlers added later (Ray adds its own);
+    so the filter runs where every record is made, and is also put on the root logger's handlers.
+    """
+    global _installed
+    redactor = register(secrets)
+    if not _installed:
+        _installed = True
+        flt = RedactingFilter(redactor)
+        make_record = logging.getLogRecordFactory()
+
+        def redacting_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = make_record(*args, **kwargs)
+            flt.filter(record)
+            return record
+
+        logging.setLogRecordFactory(redacting_record)
+        root = logging.getLogger()
+        root.addFilter(flt)
+        for h in root.handlers:
+            h.addFilter(flt)
+    return redactor
