@@ -11,6 +11,7 @@ router's HTTP contract (a JSON array of records, each with ``idempotency_key`` a
     DELETE /faults/<dest>
     GET /stats           per destination: records, unique keys, duplicates, requests, batches
     GET /received/<dest> key -> times received
+    GET /receipts/<dest> key -> when it was first received (Unix time; end-to-end latency)
     GET /records/<dest>  the first 10,000 records with the batch Idempotency-Key they came in
     POST /reset
 
@@ -40,6 +41,7 @@ DESTINATIONS = ("erp", "marketplace", "carrier")
 class _Site:
     def __init__(self) -> None:
         self.received: Counter[str] = Counter()
+        self.first_received: dict[str, float] = {}  # key -> Unix time of its first receipt
         self.requests = 0
         self.batches: Counter[str] = Counter()  # Idempotency-Key header -> times seen
         self.rejected = 0
@@ -66,6 +68,7 @@ class SinkEmulator:
             web.delete("/faults/{dest}", self.clear_faults),
             web.get("/stats", self.stats),
             web.get("/received/{dest}", self.received),
+            web.get("/receipts/{dest}", self.receipts),
             web.get("/records/{dest}", self.records),
             web.post("/reset", self.reset),
             web.post("/{dest}", self.deliver),
@@ -124,6 +127,9 @@ class SinkEmulator:
         if len(site.samples) < 10_000:
             site.samples.extend({"batch_idempotency_key": batch_key, "record": r} for r in records)
         site.received.update(r["idempotency_key"] for r in records)
+        now = time.time()
+        for r in records:
+            site.first_received.setdefault(r["idempotency_key"], now)
         return web.json_response({"accepted": len(records)})
 
     async def set_faults(self, request: web.Request) -> web.Response:
@@ -143,6 +149,9 @@ class SinkEmulator:
 
     async def received(self, request: web.Request) -> web.Response:
         return web.json_response(dict(self._site(request).received))
+
+    async def receipts(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self._site(request).first_received), content_type="application/json")
 
     async def records(self, request: web.Request) -> web.Response:
         return web.json_response(self._site(request).samples)

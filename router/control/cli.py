@@ -214,6 +214,51 @@ def bench(events: int, backlog: int, latency_seconds: float, out: str) -> None:
 
 
 @main.command()
+@click.option("-s", "--scenario", "scenario_name", default="holiday-peak", show_default=True,
+              help="A scenario name from loadtest/scenarios/ or a path to a scenario file.")
+@click.option("--base-rate", type=float, help="Events/s at baseline (overrides the scenario's).")
+@click.option("--duration", type=float, help="Seconds of load (overrides the scenario's; fault windows stretch).")
+@click.option("--nats-url", help="An existing deployment's NATS (default: embedded NATS, Ray and router).")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="With --nats-url: the router config the deployment runs (sources, routes).")
+@click.option("--emulator-url", help="With --nats-url: the destination emulators the deployment delivers to.")
+@click.option("--metrics-url", help="With --nats-url: the router's Prometheus endpoint (breakers, parking).")
+@click.option("--slo-p95-ms", type=float, help="End-to-end p95 limit (overrides the scenario's).")
+@click.option("--slo-p99-ms", type=float, help="End-to-end p99 limit (overrides the scenario's).")
+@click.option("--slo-drain-s", type=float, help="Seconds for the peak backlog to drain (overrides the scenario's).")
+@click.option("--slo-max-dead-lettered", type=int, help="Dead letters allowed at destinations.")
+@click.option("--out", default="rehearsal-results", show_default=True, help="Where report.html / .json go.")
+def rehearse(scenario_name: str, base_rate: float | None, duration: float | None, nats_url: str | None,
+             config_path: str | None, emulator_url: str | None, metrics_url: str | None,
+             slo_p95_ms: float | None, slo_p99_ms: float | None, slo_drain_s: float | None,
+             slo_max_dead_lettered: int | None, out: str) -> None:
+    """Rehearse a peak with locust and faults; write a go / no-go report; exit 1 if an SLO fails."""
+    logging.getLogger().setLevel(logging.WARNING)
+    import msgspec
+
+    from router.loadtest.rehearsal import run_rehearsal
+    from router.loadtest.scenario import ScenarioError, load_scenario
+
+    cfg = None
+    if nats_url:
+        if not config_path or not emulator_url:
+            _fail("--nats-url needs --config (the deployment's router config) and --emulator-url")
+        try:
+            cfg = load_config(config_path)
+        except ConfigError as exc:
+            _fail(str(exc))
+    try:
+        sc = load_scenario(scenario_name, list(cfg.destinations) if cfg else None)
+    except ScenarioError as exc:
+        _fail(str(exc))
+    sc = sc.scaled(base_rate, duration)
+    slo = {k: v for k, v in (("p95_ms", slo_p95_ms), ("p99_ms", slo_p99_ms), ("drain_s", slo_drain_s),
+                             ("max_dead_lettered", slo_max_dead_lettered)) if v is not None}
+    sc = msgspec.structs.replace(sc, slo=msgspec.structs.replace(sc.slo, **slo))
+    sys.exit(run_rehearsal(sc, out, nats_url, cfg, emulator_url, metrics_url))
+
+
+@main.command()
 def encoders() -> None:
     """List the encoders a route can name."""
     from router.codecs import ENCODERS
