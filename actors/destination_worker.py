@@ -17,13 +17,12 @@ from router.config import Config
 from router.jetstream.dead_letters import DeadLetterPublisher
 from router.delivery.dedup_index import DedupIndex
 from router.jetstream.dedup_journal import DedupJournal
-from router.delivery.shard import DestinationDelivery, DestinationStats, SubmitResult
+from router.delivery.shard import DestinationShard, ShardPorts
+from router.delivery.stats import DestinationStats, SubmitResult
 from router.jetstream.connection import connect
 from router.jetstream.parking import ParkingLot
-from router.policies.rate_limit import TokenBucket
 from router.record_batch import RecordBatch
-from router.sinks.http_sink import HttpSink
-from router.sinks.nats_sink import NatsSink
+from router.sinks import SINK_KINDS
 
 __all__ = ["DestinationWorker"]
 
@@ -38,15 +37,15 @@ class DestinationWorker:
         self.dest = cfg.destinations[destination]
         self.shard = shard
         self._lock = asyncio.Lock()
-        self._delivery: DestinationDelivery | None = None
+        self._shard: DestinationShard | None = None
         self._nc = None
         self.loaded_keys = 0
 
-    async def _ready(self) -> DestinationDelivery:
-        if self._delivery is not None:
-            return self._delivery
+    async def _ready(self) -> DestinationShard:
+        if self._shard is not None:
+            return self._shard
         async with self._lock:
-            if self._delivery is None:
+            if self._shard is None:
                 cfg, dest = self.cfg, self.dest
                 self._nc = await connect(cfg.nats, f"router-sink-{self.name}-{self.shard}")
                 js = self._nc.jetstream()
@@ -54,16 +53,14 @@ class DestinationWorker:
                 journal = DedupJournal(js, cfg.dedup.stream, self.name)
                 pool, shard = dest.pool_size, self.shard
                 self.loaded_keys = await journal.load(index, lambda h: pool == 1 or h % pool == shard)
-                sink = HttpSink(self.name, dest) if dest.kind == "http" else NatsSink(self.name, dest, self._nc)
+                sink = SINK_KINDS[dest.kind].create(self.name, dest, self._nc)
                 await sink.start()
-                limiter = TokenBucket(dest.rate_limit.per_second, dest.rate_limit.burst) if dest.rate_limit else None
                 dlq = DeadLetterPublisher(js, cfg.dead_letter.stream, cfg.dead_letter.subject_prefix)
                 parking = ParkingLot(self._nc, cfg.parking.stream, cfg.parking.subject_prefix, self.name, shard)
-                delivery = DestinationDelivery(self.name, dest, sink, journal, index, dlq, parking=parking,
-                                               limiter=limiter)
-                await delivery.start()
-                self._delivery = delivery
-        return self._delivery
+                started = DestinationShard(self.name, dest, ShardPorts(sink, journal, dlq, parking), index)
+                await started.start()
+                self._shard = started
+        return self._shard
 
     async def ready(self) -> int:
         """Start (load the dedup shard); returns how many keys it remembered."""
@@ -72,23 +69,23 @@ class DestinationWorker:
 
     async def submit(self, batch: bytes) -> SubmitResult:
         """A ``RecordBatch`` in its wire form; returns once every record in it is final."""
-        delivery = await self._ready()
-        return await delivery.submit(RecordBatch.decode(batch))
+        shard = await self._ready()
+        return await shard.submit(RecordBatch.decode(batch))
 
     async def stats(self) -> DestinationStats:
-        if self._delivery is None:
+        if self._shard is None:
             return DestinationStats()
-        return self._delivery.snapshot()
+        return self._shard.snapshot()
 
     async def pid(self) -> int:
         return os.getpid()
 
     async def close(self) -> DestinationStats:
         """Deliver what is queued, close connections; the final stats."""
-        if self._delivery is None:
+        if self._shard is None:
             return DestinationStats()
-        await self._delivery.close()
-        await self._delivery.sink.close()
+        await self._shard.close()
+        await self._shard.ports.sink.close()
         if self._nc is not None:
             await self._nc.close()  # everything was awaited above; a drain would wait on idle pull requests
-        return self._delivery.snapshot()
+        return self._shard.snapshot()

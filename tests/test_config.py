@@ -63,7 +63,13 @@ def test_bad_duration(tmp_path):
 def test_http_destination_needs_url(tmp_path):
     p = write_config(tmp_path, lambda r: r["destinations"]["erp"].pop("url"))
     e = error_of(p)
-    assert e.path == "destinations.erp" and "needs `url`" in str(e)
+    assert e.path == "destinations.erp" and "missing required field `url`" in str(e)
+
+
+def test_unknown_destination_kind_lists_the_kinds(tmp_path):
+    p = write_config(tmp_path, lambda r: r["destinations"]["erp"].update(kind="ftp"))
+    e = error_of(p)
+    assert e.path == "destinations.erp.kind" and "http, nats" in str(e)
 
 
 def test_missing_required_section(tmp_path):

@@ -1,60 +1,33 @@
-"""The delivery loop's inner logic with a scripted sink and an in-memory journal (no I/O).
-The same behaviour against real HTTP servers and NATS is in test_pipeline.py."""
+"""The destination shard's logic through in-memory ports, in simulated time (no I/O, no sleeps).
+The same behaviour against real HTTP servers and NATS is in test_pipeline.py and test_isolation.py."""
 
 import asyncio
+from collections import Counter
 
 import pytest
 
 from router.config import Destination, RetryConfig, parse_section
-from router.delivery.dedup_index import DedupIndex
-from router.delivery.shard import DestinationDelivery, RetriesExhausted, batch_id
-from router.record_batch import RecordBatch
+from router.delivery.dedup_index import DedupIndex, key_hash
+from router.delivery.memory_ports import MemoryDeadLetters, MemoryJournal, MemoryParking, ScriptedSink
+from router.delivery.shard import DestinationShard, RetriesExhausted, ShardPorts, batch_id
+from router.policies.circuit_breaker import CLOSED, HALF_OPEN, OPEN
 from router.policies.rate_limit import TokenBucket
 from router.policies.retry import RetryPolicy
+from router.record_batch import RecordBatch
 from router.sinks import Delivered, Permanent, Transient
 
-
-class ScriptedSink:
-    def __init__(self, script=None):
-        self.calls: list[list[str]] = []
-        self.batch_ids: list[str] = []
-        self.script = script or (lambda keys: Delivered())
-
-    async def start(self): ...
-    async def close(self): ...
-
-    async def send(self, bid, keys, payloads):
-        self.calls.append(list(keys))
-        self.batch_ids.append(bid)
-        await asyncio.sleep(0)
-        return self.script(keys)
+from .simulated_time import run_simulated
 
 
-class MemoryJournal:
-    def __init__(self):
-        self.committed: list[int] = []
-
-    async def commit(self, hashes):
-        self.committed.extend(hashes)
-
-
-class MemoryDeadLetters:
-    def __init__(self):
-        self.letters = []
-
-    def destination_failure(self, destination, key, record, reason, **kw):
-        return (key, reason, kw)
-
-    async def publish(self, letters):
-        self.letters.extend(letters)
-
-
-def make(sink, **over):
-    cfg = parse_section({"kind": "http", "url": "http://127.0.0.1:1/x", "park": False,
+def make(sink=None, *, parking=False, **over):
+    """A shard named erp on the running (simulated) loop's clock, with in-memory ports."""
+    cfg = parse_section({"kind": "http", "url": "http://127.0.0.1:1/x", "park": parking,
                          "batch": {"max_records": 10, "linger": 0.005}, **over}, Destination)
-    d = DestinationDelivery("erp", cfg, sink, MemoryJournal(), DedupIndex(3600, 10_000), MemoryDeadLetters(),
-                            retry=RetryPolicy(cfg.retry, rand=lambda: 0.0))
-    return d
+    clock = asyncio.get_running_loop().time
+    ports = ShardPorts(sink or ScriptedSink(), MemoryJournal(), MemoryDeadLetters(),
+                       MemoryParking() if parking else None)
+    return DestinationShard("erp", cfg, ports, DedupIndex(3600, 1_000_000, clock=clock), clock=clock,
+                            rand=lambda: 0.0)
 
 
 def recs(*keys):
@@ -62,10 +35,6 @@ def recs(*keys):
     for k in keys:
         batch.append(k, b'{"idempotency_key":"%s"}' % k.encode(), "src/1")
     return batch
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 def test_batches_are_capped_and_each_key_delivered_once():
@@ -77,12 +46,12 @@ def test_batches_are_capped_and_each_key_delivered_once():
         await d.close()
         return sink, d, r
 
-    sink, d, (a, b) = run(go())
+    sink, d, (a, b) = run_simulated(go())
     sent = [k for call in sink.calls for k in call]
     assert sorted(sent) == sorted({f"k{i}" for i in range(25)} | {"k30"})
     assert max(len(c) for c in sink.calls) <= 10
     assert a.delivered == 25 and b.duplicates == 1 and b.delivered == 1
-    assert len(d.journal.committed) == 26
+    assert len(d.ports.journal.committed) == 26
 
 
 def test_known_keys_are_not_sent_again():
@@ -95,7 +64,7 @@ def test_known_keys_are_not_sent_again():
         await d.close()
         return sink, r
 
-    sink, r = run(go())
+    sink, r = run_simulated(go())
     assert r.duplicates == 2 and r.delivered == 1
     assert sink.calls[-1] == ["c"]
 
@@ -105,32 +74,180 @@ def test_record_level_rejection_is_isolated_by_splitting():
         return Permanent("HTTP 400", 400, "bad sku", True) if "bad" in keys else Delivered()
 
     async def go():
-        sink = ScriptedSink(script)
-        d = make(sink)
+        d = make(ScriptedSink(script))
         await d.start()
         r = await d.submit(recs("a", "b", "bad", "c", "d"))
         await d.close()
         return d, r
 
-    d, r = run(go())
+    d, r = run_simulated(go())
     assert r.delivered == 4 and r.dead_lettered == 1
-    [(key, reason, kw)] = d.dead_letters.letters
-    assert key == "bad" and kw["status"] == 400 and kw["response"] == "bad sku"
+    [letter] = d.ports.dead_letters.letters
+    assert letter["key"] == "bad" and letter["status"] == 400 and letter["response"] == "bad sku"
 
 
 def test_transient_failures_retry_then_give_up_without_journaling():
     async def go():
         sink = ScriptedSink(lambda keys: Transient("HTTP 503"))
-        d = make(sink, retry={"max_attempts": 3, "initial_backoff": 0.001})
+        d = make(sink, retry={"max_attempts": 3, "initial_backoff": 0.5, "jitter": 0})
         await d.start()
         with pytest.raises(RetriesExhausted):
             await d.submit(recs("a"))
         await d.close()
         return sink, d
 
-    sink, d = run(go())
-    assert len(sink.calls) == 3 and d.journal.committed == [] and len(d.index) == 0
+    sink, d = run_simulated(go())
+    assert len(sink.calls) == 3 and d.ports.journal.committed == [] and len(d.index) == 0
     assert len(set(sink.batch_ids)) == 1  # a retried batch keeps its Idempotency-Key
+    assert sink.sent_at[1] - sink.sent_at[0] == pytest.approx(0.5)  # the backoff, to the microsecond
+    assert sink.sent_at[2] - sink.sent_at[1] == pytest.approx(1.0)
+
+
+def test_a_journal_write_that_fails_is_retried_before_the_record_counts_as_delivered():
+    async def go():
+        d = make()
+        d.ports.journal.fail_next = 3
+        await d.start()
+        r = await d.submit(recs("a", "b"))
+        await d.close()
+        return d, r
+
+    d, r = run_simulated(go())
+    assert r.delivered == 2 and len(d.ports.journal.committed) == 2 and d.index.contains(key_hash("a"))
+
+
+def test_breaker_opens_parks_probes_half_open_then_closes_and_replays_everything_once():
+    """A 30 s outage: the breaker opens, records park; after `open_for` it probes (half-open) and
+    reopens while the destination is still down; once it is back, the probes close it and the
+    park is delivered, each key once."""
+    down_until = 30.0
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        sink = ScriptedSink(lambda keys: Transient("HTTP 503") if loop.time() < down_until else Delivered(),
+                            latency=0.05)
+        d = make(sink, parking=True, retry={"max_attempts": 2, "initial_backoff": 0.1},
+                 circuit_breaker={"consecutive_failures": 3, "open_for": "5s", "half_open_probes": 2})
+        states = [d.breaker.state]
+
+        async def watch():
+            while True:
+                if d.breaker.state != states[-1]:
+                    states.append(d.breaker.state)
+                await asyncio.sleep(0.01)
+
+        watcher = loop.create_task(watch())
+        await d.start()
+        keys = [f"k{i}" for i in range(2000)]
+        submits = []
+        for i in range(0, len(keys), 50):  # 50 records every second for 40 s
+            submits.append(loop.create_task(d.submit(recs(*keys[i:i + 50]))))
+            await asyncio.sleep(1.0)
+        results = await asyncio.gather(*submits)
+        while d.park.backlog or len(d.ports.parking):
+            await asyncio.sleep(0.5)
+        await d.close()
+        watcher.cancel()
+        return sink, d, keys, states, results
+
+    sink, d, keys, states, results = run_simulated(go())
+    assert states[:3] == [CLOSED, OPEN, HALF_OPEN], states
+    assert states.count(OPEN) >= 2, f"a probe during the outage reopens it: {states}"
+    assert states[-1] == CLOSED
+    got = Counter(sink.delivered)
+    assert set(got) == set(keys) and max(got.values()) == 1, "every key delivered exactly once"
+    assert sum(r.parked for r in results) > 0 and d.stats.replayed > 0
+    assert d.stats.replayed + sum(r.delivered for r in results) == len(keys)
+
+
+def test_a_429_with_retry_after_pauses_every_request_of_the_shard():
+    answered_429_at = []
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        calls = [0]
+
+        def script(keys):
+            calls[0] += 1
+            if calls[0] == 3:
+                answered_429_at.append(loop.time())
+                return Transient("HTTP 429", retry_after=2.0)
+            return Delivered()
+
+        sink = ScriptedSink(script, latency=0.05)
+        d = make(sink, concurrency=4, adaptive_concurrency=False)
+        await d.start()
+        await asyncio.gather(*(d.submit(recs(*[f"k{b}-{i}" for i in range(10)])) for b in range(40)))
+        await d.close()
+        return sink
+
+    sink = run_simulated(go())
+    [t] = answered_429_at
+    assert sink.max_in_flight == 4
+    inside = [s for s in sink.sent_at if t < s < t + 2.0]
+    assert inside == [], f"requests sent during the Retry-After pause: {inside}"
+    resumed = [s for s in sink.sent_at if t + 2.0 <= s < t + 2.01]
+    assert len(resumed) >= 2, "the other requests of the shard waited for the same pause"
+
+
+def test_a_park_of_10000_is_replayed_in_order_through_dedup_while_new_records_arrive():
+    async def go():
+        loop = asyncio.get_running_loop()
+        up = [True]
+        sink = ScriptedSink(lambda keys: Delivered() if up[0] else Transient("HTTP 503"), latency=0.02)
+        d = make(sink, parking=True, concurrency=8, batch={"max_records": 100, "linger": 0.005},
+                 retry={"max_attempts": 2, "initial_backoff": 0.1},
+                 circuit_breaker={"consecutive_failures": 2, "open_for": "2s", "half_open_probes": 1})
+        await d.start()
+        await d.submit(recs(*[f"early{i}" for i in range(300)]))  # delivered before the outage
+        up[0] = False
+        parking = d.ports.parking
+        outage = [loop.create_task(d.submit(recs(*[f"p{i}" for i in range(j, j + 500)])))
+                  for j in range(0, 10_000, 500)]
+        await asyncio.gather(*outage)
+        # A replayed dead letter or an operator's re-park: keys the destination already has.
+        await parking.park([(f"early{i}", b"{}", "src/1") for i in range(50)], "replay of dead letters")
+        parked_order = parking.keys()
+        assert len(parked_order) >= 10_000
+        up[0] = True
+        arriving = []
+        for j in range(0, 2000, 100):  # new records keep arriving while the park drains
+            arriving.append(loop.create_task(d.submit(recs(*[f"new{i}" for i in range(j, j + 100)]))))
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*arriving)
+        while d.park.backlog or len(parking):
+            await asyncio.sleep(0.5)
+        await d.close()
+        return sink, parked_order
+
+    sink, parked_order = run_simulated(go())
+    got = Counter(sink.delivered)
+    expected = {f"early{i}" for i in range(300)} | {f"p{i}" for i in range(10_000)} | {f"new{i}" for i in range(2000)}
+    assert set(got) == expected, f"lost: {len(expected - set(got))}"
+    assert max(got.values()) == 1, "a key delivered twice"
+    first_delivery = {k: n for n, k in enumerate(sink.delivered)}
+    replayed = [k for k in dict.fromkeys(parked_order) if not k.startswith("early")]
+    assert replayed == sorted(replayed, key=first_delivery.__getitem__), "the park was delivered in park order"
+
+
+def test_a_record_that_waited_past_max_wait_is_parked():
+    async def go():
+        sink = ScriptedSink(latency=60.0)  # a destination that takes a minute per request
+        d = make(sink, parking=True, concurrency=1, adaptive_concurrency=False,
+                 buffer={"max_wait": "5s"}, timeout="120s")
+        await d.start()
+        first = asyncio.get_running_loop().create_task(d.submit(recs(*[f"a{i}" for i in range(10)])))
+        await asyncio.sleep(0.1)
+        r = await d.submit(recs("late"))  # waits behind the first request, then goes to the park
+        now = asyncio.get_running_loop().time()
+        await first
+        await d.close()
+        return d, r, now
+
+    d, r, parked_at = run_simulated(go())
+    assert r.parked == 1 and r.delivered == 0
+    assert 5.0 <= parked_at < 6.0, "parked soon after max_wait, not when the request ended"
+    assert any("waited over 5s" in reason for reason in d.ports.parking.reasons)
 
 
 def test_batch_id_is_deterministic():

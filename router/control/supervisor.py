@@ -21,7 +21,7 @@ from router.actors import DestinationWorker, IngestActor
 from router.actors.ingest import IngestStats
 
 from router.config import Config
-from router.delivery.shard import DestinationStats
+from router.delivery.stats import DestinationStats
 from router.jetstream.streams import ensure_router_streams, ensure_source
 from router.jetstream.connection import connect
 
@@ -51,7 +51,27 @@ def init_ray(cfg: Config) -> None:
         # Ray runs workers at nice 15 by default; here the actors are the workload, and they
         # should not lose the CPU to the NATS server and publishers they keep pace with.
         os.environ.setdefault("RAY_worker_niceness", "0")
+        _local_ray_on_loopback(kwargs)
     ray.init(**kwargs)
+
+
+def _local_ray_on_loopback(kwargs: dict[str, Any]) -> None:
+    """A local Ray serves only this process: its ports (GCS, raylet, object manager, workers,
+    agents) listen on loopback instead of every interface.
+
+    Ray turns a loopback ``_node_ip_address`` into the machine's routable address unless its
+    single-machine switch ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set (default on macOS and
+    Windows); the switch is read by Ray's child processes from the environment, and by this
+    process from a constant Ray set when it was imported.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    except (ImportError, AttributeError):  # a Ray without the switch: it picks its own address
+        return
+    kwargs["_node_ip_address"] = "127.0.0.1"
 
 
 _SEVERITY = {"closed": 0, "half_open": 1, "open": 2}

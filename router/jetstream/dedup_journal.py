@@ -9,8 +9,6 @@ keys of its own shard, so changing ``pool_size`` needs no migration.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import struct
 from typing import Callable
 
@@ -22,7 +20,6 @@ from router.delivery.dedup_index import DedupIndex
 
 __all__ = ["DedupJournal", "journal_subject"]
 
-log = logging.getLogger(__name__)
 _HASH = struct.Struct(">Q")
 
 
@@ -37,17 +34,9 @@ class DedupJournal:
         self.subject = journal_subject(stream, destination)
 
     async def commit(self, hashes: list[int]) -> None:
-        """Persist delivered keys; retries until JetStream has them (the source stays unacked meanwhile)."""
+        """Persist delivered keys; raises unless JetStream stored them (the shard retries)."""
         payload = b"".join(_HASH.pack(h) for h in hashes)
-        delay = 0.1
-        while True:
-            try:
-                await self._js.publish(self.subject, payload, stream=self._stream, timeout=5)
-                return
-            except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:
-                log.warning("dedup journal %s: publish failed (%s), retrying in %.1fs", self.subject, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await self._js.publish(self.subject, payload, stream=self._stream, timeout=5)
 
     async def load(self, index: DedupIndex, keep: Callable[[int], bool]) -> int:
         """Replay this destination's keys (inside the window) into ``index``; returns how many were kept."""

@@ -1,4 +1,4 @@
-"""Parking: a destination shard's records wait durably in JetStream while it cannot take them.
+"""Parking in JetStream: the ``Parking`` port of a destination shard (see delivery/park_replay.py).
 
 One subject per (destination, shard) in the ``ROUTER_PARKED`` stream, one durable pull consumer
 per subject. A parked record counts as final for the source (it is acked), and the shard's
@@ -8,12 +8,11 @@ replay`` puts dead letters back here too, so a replay is deduplicated like every
 
 from __future__ import annotations
 
-from typing import Any
-
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import api
 
+from router.delivery.ports import ParkedRecord, Record
 from router.jetstream.pipelined_publisher import PipelinedPublisher
 from router.jetstream.pull_consumer import PullConsumer
 
@@ -53,17 +52,22 @@ class ParkingLot:
         info = await self._js.consumer_info(self.stream, self.durable)
         return info.num_pending + info.num_ack_pending
 
-    async def park(self, records: list[tuple[str, bytes, str]], reason: str) -> None:
+    async def park(self, records: list[Record], reason: str) -> None:
         """Store (key, payload, origin) records with JetStream acks; raises if any was not stored."""
         await self._publisher.publish(
             self.subject, [p for _, p, _ in records],
             [{KEY_HEADER: k, ORIGIN_HEADER: o, REASON_HEADER: reason} for k, _, o in records], timeout=10)
 
-    async def fetch(self, n: int, timeout: float) -> list[Any]:
-        return await self._consumer.fetch(n, expires=timeout)
+    async def fetch(self, n: int, timeout: float) -> list[ParkedRecord]:
+        msgs = await self._consumer.fetch(n, expires=timeout)
+        out = []
+        for m in msgs:
+            headers = m.headers or {}
+            out.append(ParkedRecord(headers.get(KEY_HEADER, ""), m.data, headers.get(ORIGIN_HEADER, ""), m))
+        return out
 
-    async def ack(self, msg: Any) -> None:
-        await self._consumer.ack(msg)
+    async def ack(self, record: ParkedRecord) -> None:
+        await self._consumer.ack(record.handle)
 
-    async def nak(self, msg: Any, delay: float) -> None:
-        await self._consumer.nak(msg, delay)
+    async def nak(self, record: ParkedRecord, delay: float) -> None:
+        await self._consumer.nak(record.handle, delay)

@@ -18,14 +18,17 @@ import asyncio
 import email.utils
 import os
 import time
+from typing import Annotated
 
 import aiohttp
+import msgspec
 
-from router.config import Destination
+from router.config_base import AuthConfig, DestinationBase
 from router.redaction import destination_secrets, install_log_redaction
+from router.sinks.kind import SinkKind
 from router.sinks.outcome import Delivered, Outcome, Permanent, Transient
 
-__all__ = ["HttpSink", "parse_retry_after"]
+__all__ = ["HTTP", "HttpDestination", "HttpSink", "parse_retry_after"]
 
 # Statuses that blame the records rather than the request as a whole: a split batch isolates them.
 _RECORD_LEVEL = {400, 409, 413, 422}
@@ -45,8 +48,16 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+class HttpDestination(DestinationBase, tag="http", kw_only=True):
+    """`kind: http`: each batch is one POST of a JSON array of records."""
+
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]  # the endpoint that takes a JSON array of records
+    auth: AuthConfig | None = None
+    headers: dict[str, str] = {}  # extra static request headers
+
+
 class HttpSink:
-    def __init__(self, name: str, cfg: Destination) -> None:
+    def __init__(self, name: str, cfg: HttpDestination) -> None:
         self.name = name
         self.cfg = cfg
         self._headers = {"Content-Type": "application/json", **cfg.headers}
@@ -94,3 +105,6 @@ class HttpSink:
         except aiohttp.ClientError as exc:
             return Transient(self._redactor.redact(
                 f"connection error to {self.name}: {exc.__class__.__name__}: {exc}"))
+
+
+HTTP = SinkKind("http", HttpDestination, lambda name, cfg, nc: HttpSink(name, cfg))

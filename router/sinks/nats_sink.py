@@ -13,16 +13,24 @@ import asyncio
 import nats.errors
 from nats.aio.client import Client
 
-from router.config import Destination
+from router.config_base import DestinationBase, Subject
 from router.jetstream.pipelined_publisher import PipelinedPublisher, PublishError
 
+from router.sinks.kind import SinkKind
 from router.sinks.outcome import Delivered, Outcome, Permanent, Transient
 
-__all__ = ["NatsSink"]
+__all__ = ["NATS", "NatsDestination", "NatsSink"]
+
+
+class NatsDestination(DestinationBase, tag="nats", kw_only=True):
+    """`kind: nats`: each record is one message on `subject`."""
+
+    subject: Subject  # the subject each record is published to
+    jetstream: bool = True  # publish with JetStream acks (the subject must be in a stream)
 
 
 class NatsSink:
-    def __init__(self, name: str, cfg: Destination, nc: Client) -> None:
+    def __init__(self, name: str, cfg: NatsDestination, nc: Client) -> None:
         self.name = name
         self.cfg = cfg
         self._nc = nc
@@ -54,3 +62,6 @@ class NatsSink:
             return Transient(f"no ack from the stream on {subject} within {self.cfg.timeout:g}s")
         except nats.errors.Error as exc:
             return Transient(f"NATS error on {subject}: {exc.__class__.__name__}: {exc}")
+
+
+NATS = SinkKind("nats", NatsDestination, lambda name, cfg, nc: NatsSink(name, cfg, nc))

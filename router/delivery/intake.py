@@ -1,0 +1,141 @@
+"""Intake and batching: which records are new, the queue they wait in, and the batches cut from it.
+
+A record is new for a shard when its key is neither in the dedup index (delivered inside the
+window) nor on its way already (``in_flight``): a concurrent duplicate waits for the delivery
+in hand instead of going out twice. New records join the queue in arrival order; the shard's
+flush loop cuts batches of at most ``batch.max_records`` / ``max_bytes`` from its head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Iterable
+
+from router.config import BatchConfig
+from router.delivery.dedup_index import DedupIndex, key_hash
+
+__all__ = ["Admission", "Completion", "Intake", "PendingRecord"]
+
+DELIVERED, DEAD_LETTERED, PARKED = "delivered", "dead_lettered", "parked"
+
+
+class Completion:
+    """The records of one ``submit`` (or one replay read): done when every one is final.
+    One future per group, not per record: at tens of thousands of records a second, a future and
+    a gather per record cost more than the delivery itself."""
+
+    __slots__ = ("remaining", "future")
+
+    def __init__(self, n: int, future: asyncio.Future) -> None:
+        self.remaining, self.future = n, future
+
+    def settle_one(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(None)
+
+
+class PendingRecord:
+    __slots__ = ("h", "key", "payload", "origin", "group", "queued_at", "outcome")
+
+    def __init__(self, h: int, key: str, payload: bytes, origin: str, group: Completion, queued_at: float) -> None:
+        self.h, self.key, self.payload, self.origin = h, key, payload, origin
+        self.group, self.queued_at = group, queued_at
+        self.outcome: Any = None  # DELIVERED, DEAD_LETTERED, PARKED or the exception that stopped it
+
+
+class Admission:
+    """What the dedup check made of one submitted batch."""
+
+    __slots__ = ("fresh", "duplicates", "waits_on")
+
+    def __init__(self) -> None:
+        self.fresh: list[tuple[int, str, bytes, str]] = []  # (hash, key, payload, origin), in order
+        self.duplicates = 0
+        self.waits_on: set[Completion] = set()  # deliveries in hand that stand for some of these records
+
+
+class Intake:
+    def __init__(self, index: DedupIndex, batch: BatchConfig) -> None:
+        self.index = index
+        self.batch = batch
+        self.in_flight: dict[int, Completion] = {}  # key hash -> the group delivering it
+        self.queue: list[PendingRecord] = []
+        self.queue_bytes = 0
+        self.wakeup = asyncio.Event()
+
+    def admit(self, records: Iterable[tuple[str, bytes, str]]) -> Admission:
+        out = Admission()
+        seen: set[int] = set()
+        contains, in_flight, fresh = self.index.contains, self.in_flight, out.fresh
+        for key, payload, origin in records:
+            h = key_hash(key)
+            if h in seen or contains(h):
+                out.duplicates += 1
+                continue
+            pending = in_flight.get(h)
+            if pending is not None:  # same key already on its way: its outcome stands for both
+                out.waits_on.add(pending)
+                out.duplicates += 1
+                continue
+            seen.add(h)
+            fresh.append((h, key, payload, origin))
+        return out
+
+    def enqueue(self, fresh: list[tuple[int, str, bytes, str]], group: Completion, now: float) -> list[PendingRecord]:
+        items = []
+        for h, key, payload, origin in fresh:
+            item = PendingRecord(h, key, payload, origin, group, now)
+            items.append(item)
+            self.in_flight[h] = group
+            self.queue_bytes += len(payload)
+        self.queue.extend(items)
+        self.wakeup.set()
+        return items
+
+    def claim(self, h: int, group: Completion) -> Completion | None:
+        """Mark a key as being delivered by ``group``; returns the group already delivering it, if any."""
+        other = self.in_flight.get(h)
+        if other is None:
+            self.in_flight[h] = group
+        return other
+
+    def settle(self, batch: list[PendingRecord], outcome: Any) -> None:
+        in_flight = self.in_flight
+        for item in batch:
+            if item.outcome is None:
+                in_flight.pop(item.h, None)
+                item.outcome = outcome
+                item.group.settle_one()
+
+    # -- the queue --------------------------------------------------------------------------------
+
+    def is_full(self) -> bool:
+        return len(self.queue) >= self.batch.max_records or self.queue_bytes >= self.batch.max_bytes
+
+    def take_batch(self) -> list[PendingRecord]:
+        """The next batch from the head of the queue: at most ``max_records`` and ``max_bytes``
+        (a single record larger than ``max_bytes`` still goes, alone)."""
+        max_records, max_bytes = self.batch.max_records, self.batch.max_bytes
+        n, size = 0, 0
+        for item in self.queue:
+            if n and (n >= max_records or size + len(item.payload) > max_bytes):
+                break
+            n += 1
+            size += len(item.payload)
+        return self._take_first(n)
+
+    def take_while(self, pred: Callable[[PendingRecord], bool]) -> list[PendingRecord]:
+        """The longest prefix of the queue whose records match ``pred``."""
+        n = 0
+        while n < len(self.queue) and pred(self.queue[n]):
+            n += 1
+        return self._take_first(n)
+
+    def take_all(self) -> list[PendingRecord]:
+        return self._take_first(len(self.queue))
+
+    def _take_first(self, n: int) -> list[PendingRecord]:
+        taken, self.queue = self.queue[:n], self.queue[n:]
+        self.queue_bytes -= sum(len(i.payload) for i in taken)
+        return taken

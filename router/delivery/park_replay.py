@@ -1,0 +1,102 @@
+"""Parking and replay: a shard's records wait durably while the destination cannot take them.
+
+A record is parked when the breaker is not closed, the buffer is full, it waited longer than
+``buffer.max_wait``, or its retries ran out. A parked record is final for the source (it was
+stored before the source is acked). From the first parked record on, every new record of the
+shard joins the park behind it, first in first out, until the replayer has drained it: that
+keeps the shard's records in order and the park bounded by what the destination missed.
+
+The replayer waits while the breaker is open, probes a half-open breaker with small reads,
+and once it is closed delivers the park in order through the shard (the same dedup, so a
+record delivered by another path is acked without being sent again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from router.config import BufferConfig
+from router.delivery.intake import DEAD_LETTERED, DELIVERED
+from router.delivery.ports import ParkedRecord, Parking, Record
+from router.policies.circuit_breaker import HALF_OPEN, OPEN, CircuitBreaker
+
+__all__ = ["ParkAndReplay"]
+
+log = logging.getLogger(__name__)
+
+PROBE_RECORDS = 10  # records read for one half-open probe
+
+
+class ParkAndReplay:
+    def __init__(self, name: str, parking: Parking, breaker: CircuitBreaker, buffer: BufferConfig) -> None:
+        self.name = name
+        self.parking = parking
+        self.breaker = breaker
+        self.buffer = buffer
+        self.backlog = 0  # records parked and not yet replayed: new records queue up behind them
+        self.parked = 0
+
+    async def open(self) -> None:
+        self.backlog = await self.parking.open()
+
+    def reason_to_park(self, queued: int, incoming: int) -> str | None:
+        """Why records arriving now must go to the park rather than the queue, if they must."""
+        if not self.breaker.allows_traffic():
+            return f"circuit breaker {self.breaker.state}: {self.breaker.last_reason}"
+        if self.backlog > 0:
+            return "behind records parked earlier"
+        if queued + incoming > self.buffer.max_records:
+            return f"buffer full ({self.buffer.max_records} records)"
+        return None
+
+    async def park(self, records: list[Record], reason: str) -> None:
+        """Store durably (raises if not stored); the records are then final for the source."""
+        await self.parking.park(records, reason)
+        self.backlog += len(records)
+        self.parked += len(records)
+
+    async def replay_loop(self, read_size: Callable[[], int], max_batch: int,
+                          deliver: Callable[[list[ParkedRecord], bool], Awaitable[list[str | None]]],
+                          on_drained: Callable[[], None], stopping: Callable[[], bool]) -> None:
+        """Until ``stopping()``: read the park in order and hand it to ``deliver``, which returns
+        each record's outcome (``DELIVERED``, ``DEAD_LETTERED`` or None for not yet)."""
+        while not stopping():
+            state = self.breaker.state
+            if state == OPEN:
+                await asyncio.sleep(0.1)
+                continue
+            probe = state == HALF_OPEN
+            if probe and not self.breaker.try_probe():
+                await asyncio.sleep(0.05)
+                continue
+            size = min(max_batch, PROBE_RECORDS) if probe else read_size()
+            try:
+                records = await self.parking.fetch(size, timeout=0.5)
+            except Exception as exc:  # NATS away: the client reconnects
+                log.warning("%s: reading parked records failed (%s)", self.name, exc)
+                records = []
+                await asyncio.sleep(0.5)
+            if not records:
+                if probe:
+                    self.breaker.release_probe()
+                if self.backlog:
+                    self.backlog = 0  # drained: new records go straight to the destination again
+                    on_drained()
+                continue
+            outcomes = await deliver(records, probe)
+            await self._settle(records, outcomes)
+
+    async def _settle(self, records: list[ParkedRecord], outcomes: list[str | None]) -> None:
+        done = 0
+        for rec, outcome in zip(records, outcomes):
+            try:
+                if outcome in (DELIVERED, DEAD_LETTERED):
+                    await self.parking.ack(rec)
+                    done += 1
+                else:
+                    await self.parking.nak(rec, 1.0)
+            except Exception:  # the record stays parked and comes back: dedup covers a repeat
+                pass
+        self.backlog = max(0, self.backlog - done)

@@ -1,0 +1,73 @@
+"""What a destination shard needs from the world outside it, as Protocols.
+
+Each port has a production implementation (an HTTP or NATS sink in ``router/sinks``; the
+JetStream journal, parking lot and dead-letter publisher in ``router/jetstream``) and an
+in-memory one (``memory_ports.py``), so the delivery logic runs the same way in a unit test,
+in simulated time, as it does in a sink actor.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from router.sinks.outcome import Outcome
+
+__all__ = ["DeadLetters", "DedupJournal", "ParkedRecord", "Parking", "Record", "Sink"]
+
+Record = tuple[str, bytes, str]  # (idempotency key, encoded record, origin "<source>/<stream seq>")
+
+
+class Sink(Protocol):
+    """A destination kind: sends one batch and says what happened."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes]) -> Outcome: ...
+
+
+class DedupJournal(Protocol):
+    """Durable memory of the keys delivered; ``commit`` raises if they were not stored."""
+
+    async def commit(self, hashes: list[int]) -> None: ...
+
+
+class ParkedRecord:
+    """A record read back from the park; ``handle`` is the parking implementation's own token."""
+
+    __slots__ = ("key", "payload", "origin", "handle")
+
+    def __init__(self, key: str, payload: bytes, origin: str, handle: Any = None) -> None:
+        self.key, self.payload, self.origin, self.handle = key, payload, origin, handle
+
+
+class Parking(Protocol):
+    """Where a shard's records wait, durably and in order, while the destination cannot take them."""
+
+    async def open(self) -> int:
+        """Ready to park and to read back; returns how many records are parked already."""
+        ...
+
+    async def park(self, records: list[Record], reason: str) -> None:
+        """Store the records durably, in order; raises if any was not stored."""
+        ...
+
+    async def fetch(self, n: int, timeout: float) -> list[ParkedRecord]:
+        """Up to ``n`` parked records, oldest first; a record not acked is fetched again later."""
+        ...
+
+    async def ack(self, record: ParkedRecord) -> None:
+        """The record is final (delivered or dead-lettered): it leaves the park."""
+        ...
+
+    async def nak(self, record: ParkedRecord, delay: float) -> None:
+        """Not delivered yet: fetch it again after ``delay`` seconds."""
+        ...
+
+
+class DeadLetters(Protocol):
+    """Records a destination refused for good, stored with the reason before the source is acked."""
+
+    def destination_failure(self, destination: str, key: str, record: bytes, reason: str, *,
+                            status: int | None = None, response: str = "", origin: str = "") -> Any: ...
+
+    async def publish(self, letters: list[Any]) -> None: ...
