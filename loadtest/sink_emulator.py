@@ -8,6 +8,8 @@ router's HTTP contract (a JSON array of records, each with ``idempotency_key`` a
                           "fail_requests": 1,
                           "retry_after": 2, "reject_field": "carrier",
                           "reject_keys": ["order-..."]}
+                         {"redirect": 302, "location": "http://elsewhere/erp"}  every request redirected
+                         {"echo_headers": 401}  a careless error page: the request headers in the body
     DELETE /faults/<dest>
     GET /stats           per destination: records, unique keys, duplicates, requests, batches
     GET /received/<dest> key -> times received
@@ -91,6 +93,12 @@ class SinkEmulator:
             await asyncio.sleep(f["latency_ms"] / 1000.0)
         if time.time() < site.outage_until:
             return web.Response(status=503, text="maintenance window")
+        if f.get("redirect"):
+            return web.Response(status=f["redirect"], text="moved",
+                                headers={"Location": f.get("location", "/moved")})
+        if f.get("echo_headers"):
+            return web.json_response({"error": "rejected", "request_headers": dict(request.headers)},
+                                     status=f["echo_headers"])
         if f.get("fail_requests", 0) > 0:
             f["fail_requests"] -= 1
             headers = {"Retry-After": str(f["retry_after"])} if f.get("retry_after") is not None else {}

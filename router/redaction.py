@@ -26,6 +26,10 @@ __all__ = ["REDACTED", "RedactingFilter", "Redactor", "install_log_redaction", "
 
 REDACTED = "[REDACTED]"
 
+# A credential in an Authorization-style value, redacted even when its secret was not configured
+# here (``router dlq show`` run without the destination's environment, say).
+_CREDENTIAL = re.compile(r"\b(Bearer|Basic|Token)(\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
+
 
 class Redactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
@@ -41,7 +45,9 @@ class Redactor:
                 continue
             # The value as configured, and as a destination may echo it back: JSON-escaped,
             # URL-encoded (a query string, a form), and decoded if it was configured encoded.
-            forms |= {s, json.dumps(s)[1:-1], quote(s, safe=""), quote_plus(s), unquote(s)}
+            # (JSON may escape `/` as `\/`.)
+            escaped = json.dumps(s)[1:-1]
+            forms |= {s, escaped, escaped.replace("/", "\\/"), quote(s, safe=""), quote_plus(s), unquote(s)}
         with self._lock:
             if forms <= self._secrets:
                 return
@@ -50,13 +56,12 @@ class Redactor:
             alternatives = sorted(self._secrets, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(a) for a in alternatives))
 
-    def __bool__(self) -> bool:
-        return self._pattern is not None
-
     def redact(self, text: Any) -> str:
         text = text if isinstance(text, str) else str(text)
         pattern = self._pattern
-        return pattern.sub(REDACTED, text) if pattern is not None else text
+        if pattern is not None:
+            text = pattern.sub(REDACTED, text)
+        return _CREDENTIAL.sub(rf"\1\2{REDACTED}", text)
 
 
 _process_redactor = Redactor()
@@ -107,11 +112,14 @@ def nats_secrets(nats_cfg: Any) -> list[str]:
 
 
 def destination_secrets(dest: Any) -> list[str]:
+    # Not every destination kind has auth or a URL.
     out: list[str] = []
-    if dest.auth and os.environ.get(dest.auth.token_env):
-        out.append(os.environ[dest.auth.token_env])
-    if dest.url:
-        out += url_secrets(dest.url)
+    auth = getattr(dest, "auth", None)
+    if auth and os.environ.get(auth.token_env):
+        out.append(os.environ[auth.token_env])
+    url = getattr(dest, "url", None)
+    if isinstance(url, str):
+        out += url_secrets(url)
     return out
 
 
@@ -131,8 +139,6 @@ class RedactingFilter(logging.Filter):
         self.redactor = redactor or _process_redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.redactor:
-            return True
         try:
             message = record.getMessage()
         except Exception:  # a bad format string: keep the parts rather than lose the line

@@ -9,19 +9,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from typing import Any
 
 import click
 
 from router.config import ConfigError, check_environment, config_schema, load_config, routes_schema
+from router.redaction import install_log_redaction, redact, secrets_from_config
 
 __all__ = ["main"]
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    click.echo(f"error: {msg}", err=True)
+    click.echo(f"error: {redact(msg)}", err=True)
     sys.exit(code)
+
+
+def _protect_secrets(cfg: Any) -> None:
+    """From here on, every log line and error of this process is redacted of the config's secrets."""
+    install_log_redaction(secrets_from_config(cfg))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,17 +44,25 @@ def main(verbose: bool) -> None:
               help="The router config (YAML); see router.example.yaml.")
 @click.option("--drain-timeout", default=60.0, show_default=True, help="Seconds to finish in-flight work on stop.")
 def run(config_path: str, drain_timeout: float) -> None:
-    """Run the router until SIGINT/SIGTERM, then drain in-flight work and ack before exiting."""
+    """Run the router until SIGINT/SIGTERM, then drain in-flight work and ack before exiting.
+
+    Exits 2 on a bad config, 3 when NATS cannot be used at start (refused credentials, TLS,
+    unreachable: within nats.connect_timeout) or its streams cannot be set up.
+    """
     try:
         cfg = load_config(config_path)
         check_environment(cfg, config_path)
     except ConfigError as exc:
         _fail(str(exc))
+    _protect_secrets(cfg)
+    from router.jetstream.connection import NatsStartupError
     from router.jetstream.streams import SetupError
     from router.control.service import run_service
 
     try:
         asyncio.run(run_service(cfg, drain_timeout=drain_timeout))
+    except NatsStartupError as exc:
+        _fail(f"{config_path}: {exc}", 3)
     except SetupError as exc:
         _fail(f"{config_path}: {exc}", 3)
     except OSError as exc:
@@ -101,27 +116,38 @@ def _dlq_options(f: Any) -> Any:
     return f
 
 
-def _dlq_run(config_path: str, action: Any) -> Any:
+def _dlq_config(config_path: str) -> Any:
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
         _fail(str(exc))
-    from router.jetstream.streams import ensure_router_streams
-    from router.jetstream.connection import connect
+    for key in ("user_env", "password_env", "token_env"):  # only NATS: dlq sends nothing to destinations
+        var = getattr(cfg.nats, key)
+        if var and var not in os.environ:
+            _fail(f"{config_path}: nats.{key}: environment variable `{var}` is not set")
+    _protect_secrets(cfg)
+    return cfg
+
+
+def _dlq_run(cfg: Any, doing: str, action: Any) -> Any:
+    """Run ``action(cfg, js)`` on a fresh connection; on failure say what failed, and exit."""
+    import nats.errors
+
+    from router.jetstream.connection import NatsStartupError, connect
 
     async def go() -> Any:
-        nc = await connect(cfg.nats, "router-dlq")
+        nc = await connect(cfg.nats, "router-dlq", fail_fast=True)
         try:
-            js = nc.jetstream()
-            await ensure_router_streams(js, cfg)
-            return await action(cfg, js)
+            return await action(cfg, nc.jetstream())
         finally:
             await nc.close()
 
     try:
         return asyncio.run(go())
-    except OSError as exc:
-        _fail(f"cannot reach NATS at {cfg.nats.url}: {exc}", 3)
+    except NatsStartupError as exc:
+        _fail(str(exc), 3)
+    except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+        _fail(f"{doing} failed: {exc.__class__.__name__}: {exc}", 1)
 
 
 def _filter(destination: str | None, stage: str | None, since: str | None, until: str | None) -> Any:
@@ -133,24 +159,42 @@ def _filter(destination: str | None, stage: str | None, since: str | None, until
         _fail(str(exc))
 
 
+def _shown(text: Any) -> str:
+    """A dead letter's text as printed: secrets redacted, control characters escaped."""
+    from router.jetstream.dead_letters import printable
+
+    return printable(redact(text))
+
+
 @dlq.command("list")
 @_dlq_options
 @click.option("--limit", default=100, show_default=True)
 def dlq_list(config_path: str, destination: str | None, stage: str | None, since: str | None,
              until: str | None, limit: int) -> None:
-    """One line per dead letter: sequence, time, where, key, reason."""
+    """One line per dead letter: sequence, time, where, key, reason. Changes nothing."""
     from datetime import datetime, timezone
 
+    from router.control.dlq import dead_letter_stream_exists, iter_dead_letters
     from router.jetstream.dead_letters import H
-    from router.control.dlq import iter_dead_letters
 
     flt = _filter(destination, stage, since, until)
-    letters = _dlq_run(config_path, lambda cfg, js: iter_dead_letters(js, cfg, flt, limit))
+    cfg = _dlq_config(config_path)
+
+    async def read(cfg: Any, js: Any) -> Any:
+        if not await dead_letter_stream_exists(js, cfg):
+            return None
+        return await iter_dead_letters(js, cfg, flt, limit)
+
+    letters = _dlq_run(cfg, "reading the dead letters", read)
+    if letters is None:
+        click.echo(f"no dead-letter stream `{cfg.dead_letter.stream}` on this NATS (the router creates it "
+                   "when it starts): 0 dead letter(s)")
+        return
     click.echo(f"{'seq':>8}  {'time (UTC)':<19}  {'stage':<11} {'where':<12} {'key':<28} reason")
     for dl in letters:
         when = datetime.fromtimestamp(dl.time, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(f"{dl.seq:>8}  {when}  {dl.stage:<11} {dl.where:<12} {dl.headers.get(H.KEY, '-'):<28} "
-                   f"{dl.headers.get(H.REASON, '')}")
+        click.echo(f"{dl.seq:>8}  {when}  {dl.stage:<11} {_shown(dl.where):<12} "
+                   f"{_shown(dl.headers.get(H.KEY, '-')):<28} {_shown(dl.headers.get(H.REASON, ''))}")
     click.echo(f"{len(letters)} dead letter(s)" + (f" (first {limit}; --limit for more)" if len(letters) == limit else ""))
 
 
@@ -158,42 +202,84 @@ def dlq_list(config_path: str, destination: str | None, stage: str | None, since
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.argument("seq", type=int)
 def dlq_show(config_path: str, seq: int) -> None:
-    """Headers and payload of one dead letter."""
+    """Headers and payload of one dead letter. Changes nothing."""
+    from router.control.dlq import dead_letter_stream_exists, get_dead_letters
+
+    cfg = _dlq_config(config_path)
 
     async def show(cfg: Any, js: Any) -> Any:
-        return await js.get_msg(cfg.dead_letter.stream, seq)
+        if not await dead_letter_stream_exists(js, cfg):
+            _fail(f"no dead-letter stream `{cfg.dead_letter.stream}` on this NATS: nothing was dead-lettered", 1)
+        found, problems = await get_dead_letters(js, cfg, [seq])
+        if problems:
+            _fail(problems[0], 1)
+        return found[0]
 
-    try:
-        msg = _dlq_run(config_path, show)
-    except Exception as exc:
-        _fail(f"no dead letter with sequence {seq}: {exc}", 1)
-    click.echo(f"subject: {msg.subject}")
-    for k, v in (msg.headers or {}).items():
-        click.echo(f"{k}: {v}")
+    dl = _dlq_run(cfg, f"reading dead letter {seq}", show)
+    click.echo(f"subject: {_shown(dl.subject)}")
+    for k, v in dl.headers.items():
+        click.echo(f"{_shown(k)}: {_shown(v)}")
     click.echo("")
-    click.echo((msg.data or b"").decode(errors="replace"))
+    text = dl.payload.decode(errors="replace")
+    click.echo("\n".join(_shown(line) for line in text.split("\n")))
 
 
 @dlq.command("replay")
 @_dlq_options
+@click.option("--seq", "seqs", type=int, multiple=True, help="Only this dead letter (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Say what would be replayed and where; change nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before replaying every dead letter.")
 def dlq_replay(config_path: str, destination: str | None, stage: str | None, since: str | None,
-               until: str | None) -> None:
-    """Replay the selected dead letters (deduplicated per destination), then remove them."""
-    from router.control.dlq import iter_dead_letters, replay
+               until: str | None, seqs: tuple[int, ...], dry_run: bool, yes: bool) -> None:
+    """Replay the selected dead letters (deduplicated per destination), then remove them.
 
+    Select by --seq, or by destination, stage and time; with no selection at all it asks
+    first (--yes to skip the question).
+    """
+    from router.control.dlq import dead_letter_stream_exists, get_dead_letters, iter_dead_letters, replay, replay_plan
+
+    if seqs and (destination or stage or since or until):
+        _fail("--seq selects dead letters by sequence; leave out --destination, --stage, --since and --until")
     flt = _filter(destination, stage, since, until)
+    everything = not (seqs or destination or stage or since or until)
+    cfg = _dlq_config(config_path)
+
+    async def select(cfg: Any, js: Any) -> Any:
+        if not await dead_letter_stream_exists(js, cfg):
+            return [], []
+        if seqs:
+            return await get_dead_letters(js, cfg, list(seqs))
+        return await iter_dead_letters(js, cfg, flt), []
+
+    letters, missing = _dlq_run(cfg, "reading the dead letters", select)
+    for p in missing:
+        click.echo(f"  not replayed: {p}", err=True)
+    if dry_run:
+        for line in replay_plan(cfg, letters):
+            click.echo(f"  would replay {_shown(line)}")
+        click.echo(f"dry run: {len(letters)} dead letter(s) would be replayed; nothing was changed")
+        sys.exit(1 if missing else 0)
+    if not letters:
+        click.echo("no dead letters selected; nothing replayed")
+        sys.exit(1 if missing else 0)
+    if everything and not yes:
+        click.confirm(f"Replay all {len(letters)} dead letter(s) of every destination and source?", abort=True,
+                      err=True)
+    click.echo(f"replaying {len(letters)} dead letter(s)", err=True)
 
     def progress(done: int, total: int) -> None:
         click.echo(f"  replayed {done}/{total}", err=True)
 
     async def go(cfg: Any, js: Any) -> Any:
-        letters = await iter_dead_letters(js, cfg, flt)
-        click.echo(f"replaying {len(letters)} dead letter(s)", err=True)
+        from router.jetstream.streams import ensure_router_streams
+
+        await ensure_router_streams(js, cfg)  # the parks a destination replay goes to
         return await replay(js, cfg, letters, progress)
 
-    done, problems = _dlq_run(config_path, go)
+    done, problems = _dlq_run(cfg, "replaying the dead letters", go)
+    problems = missing + problems
     for p in problems:
-        click.echo(f"  not replayed: {p}", err=True)
+        click.echo(f"  not replayed: {_shown(p)}", err=True)
     click.echo(f"replayed {done} dead letter(s); the running router delivers them"
                + (f"; {len(problems)} could not be replayed" if problems else ""))
     if problems:

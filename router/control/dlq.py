@@ -6,6 +6,10 @@ destination already has is not sent twice. Replaying an ingest dead letter publi
 original bytes, with their original headers, to the original subject (after a fix to a producer,
 a model or the routes). A replayed dead letter is removed from the dead-letter stream only once
 its replay is stored.
+
+Listing and showing only read: they never create or change a stream (a NATS without the
+dead-letter stream simply has no dead letters). ``replay_plan`` says what a replay would do
+without doing it (``router dlq replay --dry-run``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.js import JetStreamContext, api
 
 from router.config import Config, Duration
@@ -25,7 +30,8 @@ from router.jetstream.dead_letters import H
 from router.ingest.plan import shard_of
 from router.jetstream.parking import KEY_HEADER, ORIGIN_HEADER, REASON_HEADER, park_subject
 
-__all__ = ["DeadLetterFilter", "DeadLetterView", "iter_dead_letters", "parse_when", "replay"]
+__all__ = ["DeadLetterFilter", "DeadLetterView", "dead_letter_stream_exists", "get_dead_letters",
+           "iter_dead_letters", "parse_when", "replay", "replay_plan"]
 
 
 class DeadLetterFilter(msgspec.Struct):
@@ -63,6 +69,30 @@ def parse_when(text: str | None, now: float | None = None) -> float | None:
     except ValueError:
         raise ValueError(f"expected a time like 2026-11-27T10:00:00Z or an age like 2h, got {text!r}") from None
     return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+async def dead_letter_stream_exists(js: JetStreamContext, cfg: Config) -> bool:
+    try:
+        await js.stream_info(cfg.dead_letter.stream)
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
+
+
+async def get_dead_letters(js: JetStreamContext, cfg: Config,
+                           seqs: list[int]) -> tuple[list[DeadLetterView], list[str]]:
+    """The dead letters with these sequence numbers, and a problem for each one not found."""
+    found: list[DeadLetterView] = []
+    problems: list[str] = []
+    for seq in dict.fromkeys(seqs):
+        try:
+            m = await js.get_msg(cfg.dead_letter.stream, seq)
+        except nats.js.errors.NotFoundError:
+            problems.append(f"seq {seq}: no dead letter with this sequence (replayed or expired?)")
+            continue
+        at = m.time.timestamp() if m.time else 0.0
+        found.append(DeadLetterView(seq, at, m.subject or "", dict(m.headers or {}), m.data or b""))
+    return found, problems
 
 
 async def iter_dead_letters(js: JetStreamContext, cfg: Config, flt: DeadLetterFilter,
@@ -123,6 +153,15 @@ def _replay_target(cfg: Config, dl: DeadLetterView) -> tuple[str, dict[str, str]
             headers["Nats-Msg-Id"] = f"{h['Router-Original-Msg-Id']}-replay-{dl.seq}"
         return subject, headers
     return f"unknown stage `{dl.stage}`"
+
+
+def replay_plan(cfg: Config, letters: list[DeadLetterView]) -> list[str]:
+    """One line per dead letter: where its replay would go, or why it cannot be replayed."""
+    out = []
+    for dl in letters:
+        t = _replay_target(cfg, dl)
+        out.append(f"seq {dl.seq}: not replayable: {t}" if isinstance(t, str) else f"seq {dl.seq}: -> {t[0]}")
+    return out
 
 
 async def replay(js: JetStreamContext, cfg: Config, letters: list[DeadLetterView],

@@ -1,19 +1,29 @@
-"""Prometheus metrics: the supervisor's latest stats snapshot, exported on ``metrics.port``.
+"""Prometheus metrics and health, on one HTTP server at ``metrics.host:metrics.port``.
 
 The actors keep plain counters; the supervisor polls them (one call per actor per scrape
 interval, never per message) and this collector turns the snapshot into Prometheus series.
+
+``GET /healthz``: 200 while the process is alive. ``GET /readyz``: 200 when the router can do
+its work, else 503 with the reason as text (for a Kubernetes readiness probe or a load
+balancer). Every endpoint only reads; the server binds to loopback unless ``metrics.host``
+says otherwise.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterator
 
-from prometheus_client import start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
 
 from router.control.supervisor import RouterStats
 
-__all__ = ["StatsCollector", "serve_metrics"]
+__all__ = ["MetricsServer", "StatsCollector", "serve_metrics"]
+
+Readiness = Callable[[], "str | None"]  # None when ready, else why not
 
 _SOURCE_COUNTERS = {
     "fetched": "messages fetched from the source",
@@ -74,8 +84,54 @@ class StatsCollector:
         yield g
 
 
-def serve_metrics(host: str, port: int) -> StatsCollector:
-    collector = StatsCollector()
-    REGISTRY.register(collector)
-    start_http_server(port, addr=host)
-    return collector
+class _Handler(BaseHTTPRequestHandler):
+    server: "MetricsServer"
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            self._answer(200, b"ok\n")
+        elif path == "/readyz":
+            try:
+                why_not = self.server.readiness()
+            except Exception as exc:  # noqa: BLE001 - a probe must answer, not hang up
+                why_not = f"readiness check failed: {exc}"
+            self._answer(200, b"ready\n") if why_not is None else self._answer(503, f"{why_not}\n".encode())
+        else:
+            self._answer(404, b"not found: /metrics, /healthz, /readyz\n")
+
+    def _answer(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # scrapes every few seconds: no log line each
+        pass
+
+
+class MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, readiness: Readiness) -> None:
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__((host, port), _Handler)
+        self.readiness = readiness
+        self.collector = StatsCollector()
+        REGISTRY.register(self.collector)
+        self._thread = threading.Thread(target=self.serve_forever, name="metrics-http", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        REGISTRY.unregister(self.collector)
+
+
+def serve_metrics(host: str, port: int, readiness: Readiness = lambda: None) -> MetricsServer:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz``; ``server.collector.latest`` takes the stats."""
+    return MetricsServer(host, port, readiness)

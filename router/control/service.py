@@ -8,11 +8,12 @@ import logging
 import ray
 
 from router.config import Config
-from router.control.metrics import StatsCollector, serve_metrics
+from router.control.metrics import MetricsServer, serve_metrics
 from router.control.signals import on_stop_signals
 from router.control.supervisor import RouterStats, Supervisor
+from router.jetstream.connection import connect
 
-__all__ = ["run_service", "status_line"]
+__all__ = ["Readiness", "run_service", "status_line"]
 
 log = logging.getLogger("router")
 
@@ -24,23 +25,47 @@ def status_line(st: RouterStats) -> str:
     return f"sources [{src}] destinations [{dst}]"
 
 
+class Readiness:
+    """What ``/readyz`` reports: ready once NATS is connected, the routes are loaded and the
+    actors are up, and until the drain starts."""
+
+    def __init__(self) -> None:
+        self.nc = None  # the driver's own NATS connection; it reconnects like every other
+        self.started = False
+        self.draining = False
+
+    def __call__(self) -> str | None:
+        if self.draining:
+            return "draining: stopping, not taking new work"
+        if self.nc is None or not self.started:
+            return "starting: routes and actors not up yet"
+        if not self.nc.is_connected:
+            return "NATS not connected (reconnecting)"
+        return None
+
+
 async def run_service(cfg: Config, status_every: float = 10.0, drain_timeout: float = 60.0) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    ready = Readiness()
 
-    collector: StatsCollector | None = None
-    if cfg.metrics.port:
-        collector = serve_metrics(cfg.metrics.host, cfg.metrics.port)
-        log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, cfg.metrics.port)
-
-    sup = Supervisor(cfg)
-    await sup.start()
-    # After start: ray.init installs its own SIGTERM handler in the driver, which would kill the
-    # process without a drain.
-    on_stop_signals(stop.set)
-    log.info("router running: %d source(s), %d destination(s); Ctrl-C drains and stops",
-             len(cfg.sources), len(cfg.destinations))
+    # Fails within nats.connect_timeout, saying why, when NATS refuses us (NatsStartupError).
+    ready.nc = await connect(cfg.nats, "router-driver", fail_fast=True)
+    server: MetricsServer | None = None
+    sup: Supervisor | None = None
     try:
+        if cfg.metrics.port:
+            server = serve_metrics(cfg.metrics.host, cfg.metrics.port, ready)
+            log.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz",
+                     cfg.metrics.host, cfg.metrics.port)
+        sup = Supervisor(cfg)
+        await sup.start()
+        ready.started = True
+        # After start: ray.init installs its own SIGTERM handler in the driver, which would kill the
+        # process without a drain.
+        on_stop_signals(stop.set)
+        log.info("router running: %d source(s), %d destination(s); Ctrl-C drains and stops",
+                 len(cfg.sources), len(cfg.destinations))
         last_log = 0.0
         while not stop.is_set():
             try:
@@ -48,13 +73,20 @@ async def run_service(cfg: Config, status_every: float = 10.0, drain_timeout: fl
             except asyncio.TimeoutError:
                 pass
             st = await sup.stats()
-            if collector:
-                collector.latest = st
+            if server:
+                server.collector.latest = st
             if loop.time() - last_log >= status_every:
                 last_log = loop.time()
                 log.info("%s", status_line(st))
         log.info("stopping: draining in-flight batches (up to %.0fs)", drain_timeout)
     finally:
-        await sup.stop(timeout=drain_timeout)
-        ray.shutdown()
-        log.info("drained and stopped")
+        ready.draining = True
+        try:
+            if sup is not None:
+                await sup.stop(timeout=drain_timeout)
+                ray.shutdown()
+                log.info("drained and stopped")
+        finally:
+            if server:
+                server.close()
+            await ready.nc.close()

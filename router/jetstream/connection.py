@@ -80,7 +80,7 @@ def describe_connect_error(cfg: NatsConfig, exc: BaseException | None) -> str:
         check = ((f"check that nats.tls.ca_file ({ca}) is the CA that signed the server's certificate"
                   if ca else "the server requires TLS and no nats.tls.ca_file is set, so the system's CAs were "
                              "used: set nats.tls.ca_file to the CA that signed the server's certificate")
-                 + ", and that the host in nats.url is one the certificate names")
+                 + "; check too that the host in nats.url is one the certificate names")
     elif isinstance(exc, ssl.SSLError):
         what = f"TLS to NATS at {where} failed: {exc.reason or exc}"
         check = "check nats.tls (CA, client certificate and key) against the server's TLS settings"
