@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 import nats
@@ -51,6 +51,18 @@ async def emulator_stats(emulator_url: str) -> dict:
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{emulator_url}/stats") as r:
             return await r.json()
+
+
+async def poll_until(check: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Await ``check()`` until it returns something truthy (returned); fail after ``timeout`` naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = await check()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last seen: {v!r})")
+        await asyncio.sleep(interval)
 
 
 async def wait_final(sup: Supervisor, count: int, timeout: float = 90.0) -> RouterStats:
@@ -125,6 +137,19 @@ def in_flight_bound(cfg: Config, dest: str, shards: int | None = None) -> int:
     return (d.pool_size if shards is None else shards) * d.concurrency * d.batch.max_records
 
 
+def times_received(got: dict[str, dict[str, int]], expected: dict[str, set[str]], keys) -> dict[str, dict[int, int]]:
+    """Per destination, for those of ``keys`` routed there: how many keys arrived n times ({n: keys})."""
+    out: dict[str, dict[int, int]] = {}
+    for d, routed in expected.items():
+        tally: dict[int, int] = {}
+        for k in keys:
+            if k in routed:
+                n = got[d].get(k, 0)
+                tally[n] = tally.get(n, 0) + 1
+        out[d] = dict(sorted(tally.items()))
+    return out
+
+
 def duplicates_of(got: dict[str, int]) -> int:
     return sum(n - 1 for n in got.values() if n > 1)
 
@@ -166,7 +191,8 @@ async def wait_complete(url, emulator_url, expected, timeout=180.0):
             return got
         if time.monotonic() > deadline:
             missing = {d: len(expected[d] - set(got[d])) for d in expected}
-            raise AssertionError(f"not complete after {timeout:g}s; missing per destination: {missing}")
+            raise AssertionError(f"not complete after {timeout:g}s waiting for every expected key and drained "
+                                 f"sources; missing per destination: {missing}, sources drained: {await drained(url)}")
         await asyncio.sleep(0.5)
 
 
