@@ -112,38 +112,54 @@ class IngestActor:
         bid = self._batch_ids = self._batch_ids + 1
         self._open[bid] = (time.monotonic(), msgs)
         try:
-            seqs = [stream_seq(m.reply) for m in msgs]
-            plan = self.planner.plan(msgs, seqs)
-            failed: set[int] = set()
-
-            rejected = list(plan.rejected)
-            if self.cfg.on_unrouted == "dead_letter":
-                rejected += [(i, "no route matches this event") for i in plan.unrouted]
-            letters = [dlq.ingest_failure(self.src.name, msgs[i].data, reason, subject=msgs[i].subject,
-                                          stream_seq=seqs[i], headers=msgs[i].headers)
-                       for i, reason in rejected]
-            calls = [(idx, self.workers[dest][shard].submit.remote(records.encode()))
-                     for (dest, shard), (records, idx) in plan.work.items()]
-            try:
-                await dlq.publish(letters)
-            except Exception as exc:
-                log.warning("ingest %s: dead-letter publish failed (%s); those messages will be redelivered",
-                            self.src.name, exc)
-                failed.update(i for i, _ in rejected)
-            else:
-                self.stats_.dead_lettered += len(plan.rejected)
-                self.stats_.unrouted += len(plan.unrouted)
-
-            results = await asyncio.gather(*(ref for _, ref in calls), return_exceptions=True)
-            for (idx, _), res in zip(calls, results):
-                if isinstance(res, BaseException):
-                    log.warning("ingest %s: %d records not final, will be redelivered: %s",
-                                self.src.name, len(idx), str(res).splitlines()[-1][:300])
-                    failed.update(idx)
-            await self._settle(msgs, failed)
+            await self._route_and_settle(msgs, dlq)
+        except Exception:
+            # A bug past the per-message guards: NAK the whole batch (with delay) rather than leave
+            # it unsettled until ack_wait; dedup stops a second delivery of what already went out.
+            log.exception("ingest %s: a batch of %d failed; NAKing it", self.src.name, len(msgs))
+            await self._settle(msgs, set(range(len(msgs))))
         finally:
             self._open.pop(bid, None)
             window.release()
+
+    async def _route_and_settle(self, msgs: list[Any], dlq: DeadLetterPublisher) -> None:
+        seqs = [stream_seq(m.reply) for m in msgs]
+        try:
+            plan = self.planner.plan(msgs, seqs)
+        except Exception:
+            # The planner rejects failing messages itself; should it still raise, find the message
+            # at fault one by one (slow, but only for this batch) instead of losing the batch.
+            log.exception("ingest %s: planning a batch of %d failed; planning message by message",
+                          self.src.name, len(msgs))
+            plan = self.planner.plan_each(msgs, seqs)
+        failed: set[int] = set()
+
+        rejected = list(plan.rejected)
+        if self.cfg.on_unrouted == "dead_letter":
+            rejected += [(i, "no route matches this event") for i in plan.unrouted]
+        letters = [dlq.ingest_failure(self.src.name, msgs[i].data, reason, subject=msgs[i].subject,
+                                      stream_seq=seqs[i], headers=msgs[i].headers)
+                   for i, reason in rejected]
+        calls = [(idx, self.workers[dest][shard].submit.remote(records.encode()))
+                 for (dest, shard), (records, idx) in plan.work.items()]
+        # Letter by letter: one that cannot be stored is NAKed alone (redelivered later), the
+        # others are acked. An oversized one is cut to fit by the publisher, never refused for size.
+        outcomes = await dlq.publish_each(letters)
+        not_stored = [(i, err) for (i, _), err in zip(rejected, outcomes) if err is not None]
+        if not_stored:
+            log.warning("ingest %s: %d dead letters not stored (%r); those messages will be redelivered",
+                        self.src.name, len(not_stored), not_stored[0][1])
+            failed.update(i for i, _ in not_stored)
+        self.stats_.dead_lettered += sum(1 for i, _ in plan.rejected if i not in failed)
+        self.stats_.unrouted += sum(1 for i in plan.unrouted if i not in failed)
+
+        results = await asyncio.gather(*(ref for _, ref in calls), return_exceptions=True)
+        for (idx, _), res in zip(calls, results):
+            if isinstance(res, BaseException):
+                log.warning("ingest %s: %d records not final, will be redelivered: %s",
+                            self.src.name, len(idx), str(res).splitlines()[-1][:300])
+                failed.update(idx)
+        await self._settle(msgs, failed)
 
     async def _settle(self, msgs: list[Any], failed: set[int]) -> None:
         delay, consumer = self.src.redelivery_delay, self.consumer

@@ -4,6 +4,11 @@ Every record carries ``idempotency_key`` and ``correlation_id`` (the HTTP destin
 A route names its encoder; ``canonical`` (the whole envelope) is the default. An encoder that
 only understands some event families says so in ``families`` and the route compiler refuses a
 route that would feed it anything else.
+
+An encoder raises ``EncodeError`` (an ``InvalidEvent``) and nothing else for any event the
+decoder accepted: the typed encoders read validated models; ``canonical`` passes free-form data
+through, and data that decoded but has no JSON form (a MessagePack map keyed by an array or nil)
+is refused with the reason. The ingest planner dead-letters that one message.
 """
 
 from __future__ import annotations
@@ -12,12 +17,21 @@ from typing import Any, Callable
 
 import msgspec
 
-from .envelope import Event
+from .envelope import Event, InvalidEvent
 from .models import InventoryAdjustment, Order, Return, Shipment
 
-__all__ = ["ENCODERS", "Encoder", "encoder_names", "get_encoder"]
+__all__ = ["ENCODERS", "EncodeError", "Encoder", "encoder_names", "get_encoder"]
 
 _json = msgspec.json.Encoder()
+
+
+class EncodeError(InvalidEvent):
+    """An event this encoder cannot turn into a record; the message is dead-lettered with it."""
+
+
+def _cannot_encode(encoder: str, exc: Exception) -> EncodeError:
+    text = str(exc)
+    return EncodeError(f"encoder `{encoder}` cannot encode this event: {exc.__class__.__name__}: {text[:200]}")
 
 
 class Encoder(msgspec.Struct, frozen=True):
@@ -37,9 +51,12 @@ class CanonicalRecord(msgspec.Struct):
 
 
 def _canonical(ev: Event) -> bytes:
-    return _json.encode(
-        CanonicalRecord(ev.idempotency_key, ev.correlation_id, ev.type, ev.source, ev.occurred_at, ev.data)
-    )
+    try:
+        return _json.encode(
+            CanonicalRecord(ev.idempotency_key, ev.correlation_id, ev.type, ev.source, ev.occurred_at, ev.data)
+        )
+    except Exception as exc:  # `data` is free-form for unmodelled families
+        raise _cannot_encode("canonical", exc) from None
 
 
 class SalesOrderLine(msgspec.Struct):

@@ -3,6 +3,11 @@
 Plain logic, no I/O: the ingest actor fetches and acks, this decides. Each (destination, shard)
 gets one list of records per batch, so a batch of 500 messages costs a handful of Ray calls,
 never one per message.
+
+A message that fails anywhere here (decoder, route predicate, encoder; any exception) is
+rejected with a reason naming the stage, and the rest of the batch goes on: one hostile message
+must not hold back the good ones fetched with it. The ``try`` blocks cost nothing for a message
+that does not raise.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from router.record_batch import RecordBatch
 from router.ingest.routing import RouteTable
 
 __all__ = ["BatchPlan", "IngestPlanner", "shard_of"]
+
+_REASON_LIMIT = 300  # characters of an exception's text kept in a reason
 
 
 class Message(Protocol):
@@ -55,18 +62,61 @@ class IngestPlanner:
             except InvalidEvent as exc:
                 out.rejected.append((i, str(exc)))
                 continue
-            routed = targets(ev)
+            except Exception as exc:  # the decoder promises InvalidEvent only; a bug must not stop the stream
+                out.rejected.append((i, f"decoder failed: {_describe(exc)}"))
+                continue
+            try:
+                routed = targets(ev)
+            except Exception as exc:
+                out.rejected.append((i, f"route matching failed: {_describe(exc)}"))
+                continue
             if not routed:
                 out.unrouted.append(i)
                 continue
             origin = f"{source}/{seqs[i]}"
             try:
                 encoded = [(t.destination, t.encoder.encode(ev)) for t in routed]
-            except Exception as exc:  # an encoder bug must not stop the stream
-                out.rejected.append((i, f"encoder failed: {exc.__class__.__name__}: {exc}"))
+            except Exception:
+                out.rejected.append((i, _encoder_failure(ev, routed)))
                 continue
             for dest, payload in encoded:
                 records, idx = out.work[(dest, shard_of(ev.idempotency_key, pools[dest]))]
                 records.append(ev.idempotency_key, payload, origin)
                 idx.append(i)
         return out
+
+    def plan_each(self, msgs: list[Any], seqs: list[int]) -> BatchPlan:
+        """The slow path after ``plan`` raised for a whole batch: plan message by message, and
+        reject the message(s) that make it raise, so the rest still go through."""
+        out = BatchPlan()
+        for i, (m, seq) in enumerate(zip(msgs, seqs)):
+            try:
+                one = self.plan([m], [seq])
+            except Exception as exc:
+                out.rejected.append((i, f"planning failed: {_describe(exc)}"))
+                continue
+            out.rejected.extend((i, reason) for _, reason in one.rejected)
+            out.unrouted.extend(i for _ in one.unrouted)
+            for shard_key, (records, _) in one.work.items():
+                into, idx = out.work[shard_key]
+                for key, payload, origin in records:
+                    into.append(key, payload, origin)
+                    idx.append(i)
+        return out
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{exc.__class__.__name__}: {exc}"
+    return text if len(text) <= _REASON_LIMIT else text[: _REASON_LIMIT - 3] + "..."
+
+
+def _encoder_failure(ev: Any, routed: list[Any]) -> str:
+    # Off the hot path: find which encoder raised, to name it in the reason.
+    for t in routed:
+        try:
+            t.encoder.encode(ev)
+        except InvalidEvent as exc:  # the encoder's own reason
+            return f"for destination `{t.destination}`: {exc}"
+        except Exception as exc:
+            return f"encoder `{t.encoder.name}` for destination `{t.destination}` failed: {_describe(exc)}"
+    return "encoder failed, then succeeded on a second try (not deterministic)"
