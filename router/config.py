@@ -224,7 +224,8 @@ def _parse_routes(raw: Any, file: str, prefix: str) -> list[Route]:
         raise ConfigError(file, prefix, f"Expected `array` of routes, got `{type(raw).__name__}`")
     # Entry by entry, so an error inside a `where` mapping names its field path.
     for i, r in enumerate(raw):
-        if isinstance(r, dict) and isinstance((r.get("match") or {}).get("where"), dict):
+        match = r.get("match") if isinstance(r, dict) else None
+        if isinstance(match, dict) and isinstance(match.get("where"), dict):
             for field, pred in r["match"]["where"].items():
                 _convert(pred, Predicate, file, f"{prefix}[{i}].match.where.{field}")
     return _convert(raw, list[Route], file, prefix)
