@@ -120,8 +120,9 @@ class RetailPublisher(JetStreamUser):
             _recent.append(ev)
             name = f"{ev.type} {_channel(ev.subject)}"
         t = time.time()
-        if self.client.publish(name, ev.subject, ev.payload, ev.headers) and _journal:
-            _journal.write(t, ev)
+        journal = _journal
+        self.client.publish(name, ev.subject, ev.payload, ev.headers,
+                            on_acked=(lambda: journal.write(t, ev)) if journal else None)
 
     # The holiday mix by family (the factory picks type and channel within it).
     @task(45)

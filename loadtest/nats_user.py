@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Callable
 
 import gevent
 import gevent.event
-from gevent import monkey
+from gevent import GreenletExit, monkey
 from locust import User
 from locust.exception import StopUser
 
@@ -95,8 +95,12 @@ class JetStreamClient:
         self._ready.get(timeout=self.timeout + 10)
         return self
 
-    def publish(self, name: str, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> bool:
-        """Publish and wait for the JetStream ack (this greenlet only); fire a locust request event."""
+    def publish(self, name: str, subject: str, payload: bytes, headers: dict[str, str] | None = None,
+                on_acked: Callable[[], None] | None = None) -> bool:
+        """Publish and wait for the JetStream ack (this greenlet only); fire a locust request event.
+
+        ``on_acked`` runs once the ack is in, even when locust stops this user meanwhile (it kills
+        the greenlet on a ramp-down): a message the stream stored is always accounted for."""
         loop = self._loop
         assert loop is not None, "start() first"
         result = gevent.event.AsyncResult()
@@ -104,14 +108,23 @@ class JetStreamClient:
         loop.call_soon_threadsafe(lambda: loop.create_task(self._publish(subject, payload, headers, result, hub)))
         t0 = time.perf_counter()
         exc: Exception | None = None
+        stopped: BaseException | None = None
         try:
-            latency_ms = result.get(timeout=self.timeout + 5)
+            try:
+                latency_ms = result.get(timeout=self.timeout + 5)
+            except GreenletExit as e:  # stopped mid-publish: see the publish through, then stop
+                stopped = e
+                latency_ms = result.get(timeout=self.timeout + 5)
         except gevent.Timeout:
             exc, latency_ms = PublishFailed("no answer from the publishing thread"), (time.perf_counter() - t0) * 1000
         except PublishFailed as e:
             exc, latency_ms = e, (time.perf_counter() - t0) * 1000
+        if exc is None and on_acked:
+            on_acked()
         self.request_event.fire(request_type="JS-PUB", name=name, response_time=latency_ms,
                                 response_length=len(payload), exception=exc, context={"subject": subject})
+        if stopped is not None:
+            raise stopped
         return exc is None
 
     def close(self) -> None:

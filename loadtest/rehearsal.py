@@ -106,29 +106,36 @@ class _Watcher:
         self.router: dict[str, dict[str, Any]] = {}
 
     async def sample(self) -> Sample:
-        pending = published = 0
+        """One look at all three at once (a slow one must not skew the others' time)."""
+        s = Sample(time.time(), 0)
+        await asyncio.gather(self._backlog(s), self._router(s), self._emulators(s))
+        self.samples.append(s)
+        return s
+
+    async def _backlog(self, s: Sample) -> None:
         for src in self.dep.cfg.sources:
             try:
-                ci = await self.js.consumer_info(src.stream, src.durable)
-                pending += ci.num_pending + ci.num_ack_pending
-                published += (await self.js.stream_info(src.stream)).state.messages
+                ci = await self.js.consumer_info(src.stream, src.durable, timeout=2)
+                s.pending += ci.num_pending + ci.num_ack_pending
+                s.published += (await self.js.stream_info(src.stream)).state.messages
             except Exception:  # the consumer is not there yet: nothing pending on it
                 pass
-        s = Sample(time.time(), pending, published)
+
+    async def _router(self, s: Sample) -> None:
         if self.dep.router_stats:
             try:
-                self.router = await self.dep.router_stats()
-                s.park_backlog = sum(int(v.get("park_backlog", 0)) for v in self.router.values())
-                s.breakers = {d: str(v.get("breaker_state", "closed")) for d, v in self.router.items()}
-            except Exception:
-                pass
+                self.router = await asyncio.wait_for(self.dep.router_stats(), 3)
+            except Exception:  # keep the last figures; the next sample tries again
+                return
+            s.park_backlog = sum(int(v.get("park_backlog", 0)) for v in self.router.values())
+            s.breakers = {d: str(v.get("breaker_state", "closed")) for d, v in self.router.items()}
+
+    async def _emulators(self, s: Sample) -> None:
         try:
-            async with self.http.get(f"{self.dep.emulator_url}/stats") as r:
+            async with self.http.get(f"{self.dep.emulator_url}/stats", timeout=aiohttp.ClientTimeout(total=3)) as r:
                 s.received = {d: v["records"] for d, v in (await r.json()).items()}
         except Exception:
             pass
-        self.samples.append(s)
-        return s
 
 
 def _locust_cmd(sc: Scenario, nats_url: str, out: Path, journal: Path) -> list[str]:
@@ -136,7 +143,8 @@ def _locust_cmd(sc: Scenario, nats_url: str, out: Path, journal: Path) -> list[s
             "--csv", str(out / "locust"), "--loglevel", "WARNING", "--nats-url", nats_url,
             "--load-shape", sc.shape, "--base-rate", f"{sc.base_rate:g}", "--peak-duration", f"{sc.duration_s:g}",
             "--per-user-rate", f"{sc.per_user_rate:g}", "--duplicate-ratio", f"{sc.duplicate_ratio:g}",
-            "--malformed-ratio", f"{sc.malformed_ratio:g}", "--sent-journal", str(journal)]
+            "--malformed-ratio", f"{sc.malformed_ratio:g}", "--sent-journal", str(journal),
+            "--stop-timeout", "15"]  # users stopped on a ramp-down finish the publish they are in
 
 
 def _locust_summary(out: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ of that name in ``loadtest/scenarios/``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 import yaml
@@ -32,6 +32,7 @@ SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 
 Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
+Shape = Literal["holiday-peak", "steady"]  # the profiles of rate_profile.py
 
 
 class ScenarioError(ValueError):
@@ -77,7 +78,7 @@ class Scenario(_Base):
     base_rate: Annotated[float, msgspec.Meta(gt=0)]  # events/s at baseline
     duration_s: Annotated[float, msgspec.Meta(gt=0)]  # of the whole (compressed) shape
     description: str = ""
-    shape: Literal["holiday-peak", "steady"] = "holiday-peak"
+    shape: Shape = "holiday-peak"
     per_user_rate: Annotated[float, msgspec.Meta(gt=0)] = 5.0  # events/s one locust user publishes
     duplicate_ratio: Annotated[float, msgspec.Meta(ge=0, le=0.5)] = 0.02
     malformed_ratio: Annotated[float, msgspec.Meta(ge=0, le=0.1)] = 0.001
@@ -110,7 +111,10 @@ def parse_scenario(raw: object, where: str = "<scenario>", destinations: list[st
         msg = str(exc)
         if " - at `$." in msg:
             text, path = msg.rsplit(" - at `$.", 1)
-            raise ScenarioError(f"{where}: {path.rstrip('`')}: {text}") from None
+            path = path.rstrip("`")
+            if path == "shape":
+                text += f"; expected one of: {', '.join(get_args(Shape))}"
+            raise ScenarioError(f"{where}: {path}: {text}") from None
         raise ScenarioError(f"{where}: {msg}") from None
     except (TypeError, ValueError) as exc:
         raise ScenarioError(f"{where}: {exc}") from None
