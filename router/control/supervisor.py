@@ -21,6 +21,7 @@ from router.actors import DestinationWorker, IngestActor
 from router.actors.ingest import IngestStats
 
 from router.config import Config
+from router.control.actor_env import actor_options
 from router.delivery.stats import DestinationStats
 from router.jetstream.streams import ensure_router_streams, ensure_source
 from router.jetstream.connection import connect
@@ -114,14 +115,17 @@ class Supervisor:
             dest: [f"router-{self.run_id}-sink-{dest}-{shard}" for shard in range(d.pool_size)]
             for dest, d in cfg.destinations.items()
         }
+        # Secrets the config names reach the actors on whichever node Ray places them.
+        secrets = actor_options(cfg)
         self.workers = {
-            dest: [DestinationWorker.options(name=n).remote(cfg, dest, shard) for shard, n in enumerate(ns)]
+            dest: [DestinationWorker.options(name=n, **secrets).remote(cfg, dest, shard)
+                   for shard, n in enumerate(ns)]
             for dest, ns in names.items()
         }
         # Fail at start-up, not at the first record, if a sink actor cannot load its dedup shard.
         await asyncio.gather(*(w.ready.remote() for ws in self.workers.values() for w in ws))
         self.ingest = [
-            (src.name, IngestActor.options(name=f"router-{self.run_id}-ingest-{src.name}-{i}")
+            (src.name, IngestActor.options(name=f"router-{self.run_id}-ingest-{src.name}-{i}", **secrets)
              .remote(cfg, src.name, names, i))
             for src in cfg.sources for i in range(src.ingest_actors)
         ]

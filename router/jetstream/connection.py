@@ -22,9 +22,10 @@ import time
 
 import nats
 import nats.errors
-from nats.aio.client import Client
+from nats.aio.client import Client, RawCredentials
 
 from router.config import NatsConfig
+from router.control.actor_env import CREDENTIALS_CONTENT_ENV
 from router.redaction import install_log_redaction, nats_secrets, redact
 
 __all__ = ["NatsStartupError", "connect", "describe_connect_error"]
@@ -96,6 +97,15 @@ def describe_connect_error(cfg: NatsConfig, exc: BaseException | None) -> str:
     return redact(f"{what}. {check[:1].upper()}{check[1:]}.")
 
 
+def _credentials(path: str) -> str | RawCredentials:
+    """The ``.creds`` file where it exists; on a Ray node without it, the content the supervisor
+    handed the actor (``router/control/actor_env.py``)."""
+    content = os.environ.get(CREDENTIALS_CONTENT_ENV)
+    if content and not os.path.exists(path):
+        return RawCredentials(content)
+    return path
+
+
 def _connect_options(cfg: NatsConfig, name: str) -> dict:
     kwargs: dict = {
         "servers": _urls(cfg),
@@ -107,7 +117,7 @@ def _connect_options(cfg: NatsConfig, name: str) -> dict:
         "pending_size": 64 * 1024 * 1024,
     }
     if cfg.credentials:
-        kwargs["user_credentials"] = cfg.credentials
+        kwargs["user_credentials"] = _credentials(cfg.credentials)
     if cfg.user_env:
         kwargs["user"] = os.environ[cfg.user_env]
     if cfg.password_env:
