@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
 from nats.aio.client import RawCredentials
 
 from router.config import parse_config
-from router.control.actor_env import CREDENTIALS_CONTENT_ENV, actor_env, actor_options, secret_env_names
+from router.control.actor_env import ACTOR_CPUS_ENV, CREDENTIALS_CONTENT_ENV, actor_env, actor_options, secret_env_names
 from router.control.demo import demo_config_dict, expected_deliveries
 from router.jetstream.connection import _connect_options
 from router.loadtest.retail_events import RetailEventFactory
@@ -43,7 +44,15 @@ def test_hands_over_the_values_this_process_holds_and_nothing_else():
 
 def test_no_secrets_no_runtime_env():
     raw = demo_config_dict("nats://127.0.0.1:4222", "http://127.0.0.1:8081")
-    assert actor_options(parse_config(raw, "<t>")) == {}
+    assert actor_options(parse_config(raw, "<t>"), {}) == {}
+
+
+def test_actors_reserve_cpus_on_a_cluster_when_told():
+    cfg = parse_config(_cfg(), "<t>")
+    assert actor_options(cfg, {"ERP_TOKEN": "e", ACTOR_CPUS_ENV: "0.5"}) == {
+        "runtime_env": {"env_vars": {"ERP_TOKEN": "e"}}, "num_cpus": 0.5}
+    with pytest.raises(ValueError, match="ROUTER_ACTOR_CPUS='one'"):
+        actor_options(cfg, {ACTOR_CPUS_ENV: "one"})
 
 
 def test_credentials_file_travels_as_content_and_is_used_where_the_file_is_absent(tmp_path, monkeypatch):

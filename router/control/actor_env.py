@@ -22,9 +22,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["CREDENTIALS_CONTENT_ENV", "actor_env", "actor_options", "secret_env_names"]
+__all__ = ["ACTOR_CPUS_ENV", "CREDENTIALS_CONTENT_ENV", "actor_env", "actor_options", "secret_env_names"]
 
 CREDENTIALS_CONTENT_ENV = "ROUTER_NATS_CREDENTIALS"
+ACTOR_CPUS_ENV = "ROUTER_ACTOR_CPUS"
 
 
 def secret_env_names(cfg: Any) -> list[str]:
@@ -56,8 +57,24 @@ def actor_env(cfg: Any, environ: dict[str, str] | None = None) -> dict[str, str]
     return env
 
 
-def actor_options(cfg: Any) -> dict[str, Any]:
+def actor_options(cfg: Any, environ: dict[str, str] | None = None) -> dict[str, Any]:
     """Keyword arguments for an actor's ``.options(...)``: its ``runtime_env`` when there is
-    something to hand over, nothing otherwise (a config without secrets starts actors as before)."""
-    env = actor_env(cfg)
-    return {"runtime_env": {"env_vars": env}} if env else {}
+    something to hand over, nothing otherwise (a config without secrets starts actors as before).
+
+    The actors declare ``num_cpus=0``: on one machine they share it with nats-server. On a
+    cluster that lets Ray put every actor on one node and gives its autoscaler no demand to act
+    on; ``ACTOR_CPUS_ENV`` (the chart sets it) makes each actor reserve that many CPUs, so the
+    actors spread over the workers and more actors add workers.
+    """
+    environ = os.environ if environ is None else environ
+    options: dict[str, Any] = {}
+    env = actor_env(cfg, environ)
+    if env:
+        options["runtime_env"] = {"env_vars": env}
+    cpus = environ.get(ACTOR_CPUS_ENV)
+    if cpus:
+        try:
+            options["num_cpus"] = float(cpus)
+        except ValueError:
+            raise ValueError(f"{ACTOR_CPUS_ENV}={cpus!r}: expected a number of CPUs, e.g. 1 or 0.5") from None
+    return options
