@@ -104,6 +104,7 @@ class _Watcher:
         self.dep, self.js, self.http = dep, js, http
         self.samples: list[Sample] = []
         self.router: dict[str, dict[str, Any]] = {}
+        self._poll: asyncio.Task | None = None
 
     async def sample(self) -> Sample:
         """One look at all three at once (a slow one must not skew the others' time)."""
@@ -122,13 +123,26 @@ class _Watcher:
                 pass
 
     async def _router(self, s: Sample) -> None:
-        if self.dep.router_stats:
-            try:
-                self.router = await asyncio.wait_for(self.dep.router_stats(), 3)
-            except Exception:  # keep the last figures; the next sample tries again
-                return
+        """The latest router stats; they are polled on their own (a busy router answers late)."""
+        if self.dep.router_stats is None:
+            return
+        if self._poll is None or self._poll.done():
+            self._poll = asyncio.get_running_loop().create_task(self._poll_router())
+        if self.router:
             s.park_backlog = sum(int(v.get("park_backlog", 0)) for v in self.router.values())
             s.breakers = {d: str(v.get("breaker_state", "closed")) for d, v in self.router.items()}
+
+    async def _poll_router(self) -> None:
+        try:
+            self.router = await self.dep.router_stats()  # type: ignore[misc]
+        except Exception:  # keep the last figures; the next sample asks again
+            pass
+
+    async def close(self) -> None:
+        if self._poll is not None:
+            await asyncio.gather(self._poll, return_exceptions=True)
+        if self.dep.router_stats is not None:
+            await self._poll_router()  # the final totals (parked, replayed, breaker openings)
 
     async def _emulators(self, s: Sample) -> None:
         try:
@@ -233,6 +247,7 @@ async def rehearse(sc: Scenario, dep: Deployment, out: Path, say: Callable[[str]
                     say(_progress(s, t0, sc, timeline, "draining"))
                 await asyncio.sleep(1.0)
             finished = time.time()
+            await watcher.close()
 
             sent_rows = _read_journal(journal)
             events = [GeneratedEvent(r["s"], r["p"].encode("latin-1"), r["k"], "", r["h"]) for r in sent_rows]
