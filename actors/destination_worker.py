@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Any
 
 import ray
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class DestinationWorker:
-    def __init__(self, cfg: Config, destination: str, shard: int) -> None:
+    def __init__(self, cfg: Config, destination: str, shard: int, revision: int = 0) -> None:
         self.cfg = cfg
         self.name = destination
         self.dest = cfg.destinations[destination]
@@ -40,6 +41,7 @@ class DestinationWorker:
         self._shard: DestinationShard | None = None
         self._nc = None
         self.loaded_keys = 0
+        self.revision = revision  # of the live config whose settings ``dest`` holds
 
     async def _ready(self) -> DestinationShard:
         if self._shard is not None:
@@ -70,12 +72,19 @@ class DestinationWorker:
     async def submit(self, batch: bytes) -> SubmitResult:
         """A ``RecordBatch`` in its wire form; returns once every record in it is final."""
         shard = await self._ready()
-        return await shard.submit(RecordBatch.decode(batch))
+        records = RecordBatch.decode(batch)
+        return await shard.submit(records, records.revision)
+
+    async def reconfigure(self, dest: Any, revision: int) -> None:
+        """New settings for this destination, applied in place (see ``DestinationShard.reconfigure``)."""
+        self.dest, self.revision = dest, revision
+        if self._shard is not None:
+            await self._shard.reconfigure(dest)
 
     async def stats(self) -> DestinationStats:
-        if self._shard is None:
-            return DestinationStats()
-        return self._shard.snapshot()
+        st = self._shard.snapshot() if self._shard is not None else DestinationStats()
+        st.config_revision = self.revision
+        return st
 
     async def pid(self) -> int:
         return os.getpid()

@@ -39,23 +39,51 @@ class IngestStats(msgspec.Struct):
     unrouted: int = 0
     in_flight: int = 0
     fetch_errors: int = 0
+    routes_revision: int = 0  # the route table revision this actor routes with
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
 class IngestActor:
-    def __init__(self, cfg: Config, source: str, sink_actor_names: dict[str, list[str]], index: int = 0) -> None:
+    def __init__(self, cfg: Config, source: str, sink_actor_names: dict[str, list[str]], index: int = 0,
+                 revision: int = 0) -> None:
         self.cfg = cfg
         self.src = next(s for s in cfg.sources if s.name == source)
-        # By name, not by handle: a restarted ingest actor finds the sink actors again by itself.
-        self.workers = {d: [ray.get_actor(n) for n in names] for d, names in sink_actor_names.items()}
         self.index = index
-        self.planner = IngestPlanner(source, RouteTable(cfg.route_list),
-                                     {d: len(ws) for d, ws in self.workers.items()})
         self.stats_ = IngestStats(source=source)
+        self._use(cfg, sink_actor_names, revision)
         self._stopping = asyncio.Event()
+        self._running = asyncio.Event()  # cleared while paused for a reload
+        self._running.set()
+        self._fetching = False
         self._open: dict[int, tuple[float, list[Any]]] = {}  # batch id -> (fetched at, messages)
         self._batch_ids = 0
         self.consumer: PullConsumer | None = None
+
+    def _use(self, cfg: Config, sink_actor_names: dict[str, list[str]], revision: int) -> None:
+        # By name, not by handle: a restarted ingest actor finds the sink actors again by itself.
+        workers = {d: [ray.get_actor(n) for n in names] for d, names in sink_actor_names.items()}
+        planner = IngestPlanner(self.src.name, RouteTable(cfg.route_list), {d: len(ws) for d, ws in workers.items()},
+                                revision)
+        # One assignment each, between two batches: a batch is planned and sent with one table.
+        self.cfg, self.workers, self.planner = cfg, workers, planner
+        self.stats_.routes_revision = revision
+
+    async def use_revision(self, cfg: Config, sink_actor_names: dict[str, list[str]], revision: int) -> bool:
+        """Route with a new revision of the live config from the next batch on; an older revision than
+        the one in use is ignored (False)."""
+        if revision < self.stats_.routes_revision:
+            return False
+        self._use(cfg, sink_actor_names, revision)
+        return True
+
+    async def pause(self) -> None:
+        """Stop fetching and return once every open batch is settled (acked or NAKed)."""
+        self._running.clear()
+        while self._open or self._fetching:
+            await asyncio.sleep(0.01)
+
+    async def resume(self) -> None:
+        self._running.set()
 
     async def stats(self) -> IngestStats:
         self.stats_.in_flight = sum(len(m) for _, m in self._open.values())
@@ -64,6 +92,7 @@ class IngestActor:
     async def stop(self) -> None:
         """Stop fetching; ``run`` returns once every open batch is acked or NAKed."""
         self._stopping.set()
+        self._running.set()  # a paused loop wakes up to see that it stops
 
     async def run(self) -> IngestStats:
         src = self.src
@@ -77,24 +106,34 @@ class IngestActor:
         keepalive = asyncio.get_running_loop().create_task(self._progress_acks())
         try:
             while not self._stopping.is_set():
+                await self._running.wait()
                 await window.acquire()
                 if self._stopping.is_set():
                     window.release()
                     break
+                if not self._running.is_set():  # paused while waiting for a slot
+                    window.release()
+                    continue
+                self._fetching = True
                 try:
                     msgs = await consumer.fetch(src.fetch_batch, expires=src.fetch_wait)
                 except (nats.errors.Error, OSError) as exc:
                     # NATS restarting or unreachable: the client reconnects by itself.
+                    self._fetching = False
                     window.release()
                     self.stats_.fetch_errors += 1
                     log.warning("ingest %s: fetch failed (%r); retrying", src.name, exc)
                     await asyncio.sleep(0.5)
                     continue
                 if not msgs:
+                    self._fetching = False
                     window.release()  # nothing to fetch right now
                     continue
                 self.stats_.fetched += len(msgs)
-                task = asyncio.get_running_loop().create_task(self._see_through(msgs, dlq, window))
+                bid = self._batch_ids = self._batch_ids + 1
+                self._open[bid] = (time.monotonic(), msgs)  # open before the fetch counts as over (pause)
+                self._fetching = False
+                task = asyncio.get_running_loop().create_task(self._see_through(bid, msgs, dlq, window))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
@@ -108,9 +147,8 @@ class IngestActor:
                 pass
         return await self.stats()
 
-    async def _see_through(self, msgs: list[Any], dlq: DeadLetterPublisher, window: asyncio.Semaphore) -> None:
-        bid = self._batch_ids = self._batch_ids + 1
-        self._open[bid] = (time.monotonic(), msgs)
+    async def _see_through(self, bid: int, msgs: list[Any], dlq: DeadLetterPublisher,
+                           window: asyncio.Semaphore) -> None:
         try:
             await self._route_and_settle(msgs, dlq)
         except Exception:
@@ -124,14 +162,15 @@ class IngestActor:
 
     async def _route_and_settle(self, msgs: list[Any], dlq: DeadLetterPublisher) -> None:
         seqs = [stream_seq(m.reply) for m in msgs]
+        planner, workers = self.planner, self.workers  # one revision for the whole batch
         try:
-            plan = self.planner.plan(msgs, seqs)
+            plan = planner.plan(msgs, seqs)
         except Exception:
             # The planner rejects failing messages itself; should it still raise, find the message
             # at fault one by one (slow, but only for this batch) instead of losing the batch.
             log.exception("ingest %s: planning a batch of %d failed; planning message by message",
                           self.src.name, len(msgs))
-            plan = self.planner.plan_each(msgs, seqs)
+            plan = planner.plan_each(msgs, seqs)
         failed: set[int] = set()
 
         rejected = list(plan.rejected)
@@ -140,7 +179,7 @@ class IngestActor:
         letters = [dlq.ingest_failure(self.src.name, msgs[i].data, reason, subject=msgs[i].subject,
                                       stream_seq=seqs[i], headers=msgs[i].headers)
                    for i, reason in rejected]
-        calls = [(idx, self.workers[dest][shard].submit.remote(records.encode()))
+        calls = [(idx, workers[dest][shard].submit.remote(records.encode()))
                  for (dest, shard), (records, idx) in plan.work.items()]
         # Letter by letter: one that cannot be stored is NAKed alone (redelivered later), the
         # others are acked. An oversized one is cut to fit by the publisher, never refused for size.

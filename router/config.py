@@ -162,6 +162,13 @@ class MetricsConfig(Base):
     host: str = "127.0.0.1"
 
 
+class LiveConfigSettings(Base):
+    """Where revisions of the live config (routes and destination settings) are kept and watched."""
+
+    bucket: Name = "ROUTER_LIVE"  # NATS KV bucket
+    key: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_=.-]+$")] = "default"  # one key per router deployment
+
+
 class RayConfig(Base):
     address: str | None = None  # an existing cluster (`auto`, `ray://...`); none: start a local Ray
     namespace: Name = "router"
@@ -179,6 +186,7 @@ class Config(Base):
     parking: ParkingConfig = ParkingConfig()
     metrics: MetricsConfig = MetricsConfig()
     ray: RayConfig = RayConfig()
+    live: LiveConfigSettings = LiveConfigSettings()
 
     @property
     def route_list(self) -> list[Route]:
@@ -256,11 +264,12 @@ def parse_config(raw: Any, file: str = "<config>", base_dir: Path | None = None)
     elif routes_raw is not None:
         _parse_routes(routes_raw, file, "routes")
     cfg: Config = _convert(raw, Config, file, "")
-    _check_references(cfg, file, routes_file)
+    check_references(cfg, file, routes_file)
     return cfg
 
 
-def _check_references(cfg: Config, file: str, routes_file: str) -> None:
+def check_references(cfg: Config, file: str, routes_file: str) -> None:
+    """Routes name existing destinations and fitting encoders; sources are unique. Raises ``ConfigError``."""
     from router.codecs import ENCODERS  # late: codecs is a sibling package
 
     known = sorted(cfg.destinations)
@@ -321,8 +330,12 @@ def check_environment(cfg: Config, file: str = "<config>") -> None:
 
 
 def config_schema() -> dict[str, Any]:
-    return msgspec.json.schema(Config, schema_hook=schema_hook)
+    from router.schema_docs import with_field_docs  # the field comments above, as descriptions
+
+    return with_field_docs(msgspec.json.schema(Config, schema_hook=schema_hook), Config)
 
 
 def routes_schema() -> dict[str, Any]:
-    return msgspec.json.schema(RoutesFile, schema_hook=schema_hook)
+    from router.schema_docs import with_field_docs
+
+    return with_field_docs(msgspec.json.schema(RoutesFile, schema_hook=schema_hook), RoutesFile)

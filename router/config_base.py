@@ -14,7 +14,7 @@ import msgspec
 
 __all__ = [
     "AuthConfig", "Base", "BatchConfig", "BufferConfig", "ByteSize", "CircuitBreakerConfig", "DestinationBase",
-    "Duration", "Name", "RateLimitConfig", "RetryConfig", "Subject", "dec_hook", "schema_hook",
+    "Duration", "Name", "RateLimitConfig", "RetryConfig", "Subject", "dec_hook", "enc_hook", "schema_hook",
 ]
 
 
@@ -59,6 +59,15 @@ def dec_hook(tp: type, obj: Any) -> Any:
     if tp in (Duration, ByteSize):
         return tp.parse(obj)
     raise NotImplementedError(f"no decoder for {tp}")
+
+
+def enc_hook(obj: Any) -> Any:
+    """Config values back to plain JSON numbers (a stored live config revision)."""
+    if isinstance(obj, Duration):
+        return float(obj)
+    if isinstance(obj, ByteSize):
+        return int(obj)
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
 def schema_hook(tp: type) -> dict[str, Any]:

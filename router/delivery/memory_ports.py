@@ -40,7 +40,7 @@ class ScriptedSink:
         """Keys of the requests answered with Delivered, in the order those requests were sent."""
         return [k for _, keys in sorted(self._delivered_calls) for k in keys]
 
-    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes]) -> Outcome:
+    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int = 0) -> Outcome:
         call = len(self.calls)
         self.calls.append(list(keys))
         self.batch_ids.append(batch_id)
@@ -113,13 +113,13 @@ class MemoryParking:
     async def fetch(self, n: int, timeout: float) -> list[ParkedRecord]:
         now = asyncio.get_running_loop().time()
         out = []
-        for seq, (key, payload, origin) in self._records.items():
+        for seq, (key, payload, origin, revision) in self._records.items():
             if len(out) >= n:
                 break
             if seq in self._out or self._not_before.get(seq, 0.0) > now:
                 continue
             self._out.add(seq)
-            out.append(ParkedRecord(key, payload, origin, seq))
+            out.append(ParkedRecord(key, payload, origin, revision, seq))
         if not out:
             await asyncio.sleep(timeout)  # a pull request that waits, as JetStream's does
         return out

@@ -14,7 +14,8 @@ from router.sinks.outcome import Outcome
 
 __all__ = ["DeadLetters", "DedupJournal", "ParkedRecord", "Parking", "Record", "Sink"]
 
-Record = tuple[str, bytes, str]  # (idempotency key, encoded record, origin "<source>/<stream seq>")
+# (idempotency key, encoded record, origin "<source>/<stream seq>", route table revision that routed it)
+Record = tuple[str, bytes, str, int]
 
 
 class Sink(Protocol):
@@ -22,7 +23,9 @@ class Sink(Protocol):
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
-    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes]) -> Outcome: ...
+    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int = 0) -> Outcome:
+        """``revision``: the route table revision that routed every record of the batch (0: unknown)."""
+        ...
 
 
 class DedupJournal(Protocol):
@@ -34,10 +37,10 @@ class DedupJournal(Protocol):
 class ParkedRecord:
     """A record read back from the park; ``handle`` is the parking implementation's own token."""
 
-    __slots__ = ("key", "payload", "origin", "handle")
+    __slots__ = ("key", "payload", "origin", "revision", "handle")
 
-    def __init__(self, key: str, payload: bytes, origin: str, handle: Any = None) -> None:
-        self.key, self.payload, self.origin, self.handle = key, payload, origin, handle
+    def __init__(self, key: str, payload: bytes, origin: str, revision: int = 0, handle: Any = None) -> None:
+        self.key, self.payload, self.origin, self.revision, self.handle = key, payload, origin, revision, handle
 
 
 class Parking(Protocol):

@@ -42,7 +42,7 @@ class SendPolicy:
         self._clock = clock
         self.requests = 0
 
-    async def attempt(self, batch_id: str, keys: list[str], payloads: list[bytes], *,
+    async def attempt(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int, *,
                       respect_breaker: bool) -> Outcome | None:
         """Send once; ``BREAKER_OPEN`` (None) when ``respect_breaker`` and the breaker is not closed."""
         while True:
@@ -55,7 +55,7 @@ class SendPolicy:
             return BREAKER_OPEN
         self.requests += 1
         started = self._clock()
-        outcome = await self.sink.send(batch_id, keys, payloads)
+        outcome = await self.sink.send(batch_id, keys, payloads, revision)
         self._learn(outcome, self._clock() - started)
         return outcome
 

@@ -70,13 +70,13 @@ class DestinationShard:
         self.ports = ports
         self.index = index
         self._clock = clock
+        self._rand = rand
         self.intake = Intake(index, cfg.batch)
         self.breaker = CircuitBreaker(cfg.circuit_breaker, clock)
         self.concurrency = AdaptiveConcurrency(cfg.concurrency, adaptive=cfg.adaptive_concurrency, clock=clock)
-        limiter = TokenBucket(cfg.rate_limit.per_second, cfg.rate_limit.burst, clock) if cfg.rate_limit else None
         self.policy = SendPolicy(ports.sink, retry=RetryPolicy(cfg.retry, rand), breaker=self.breaker,
-                                 concurrency=self.concurrency, gate=RetryAfterGate(clock), limiter=limiter,
-                                 clock=clock)
+                                 concurrency=self.concurrency, gate=RetryAfterGate(clock),
+                                 limiter=self._limiter(cfg), clock=clock)
         self.park = (ParkAndReplay(name, ports.parking, self.breaker, cfg.buffer)
                      if cfg.park and ports.parking is not None else None)
         self.stats = DestinationStats()
@@ -95,6 +95,26 @@ class DestinationShard:
                 max_batch=self.cfg.batch.max_records, deliver=self._deliver_parked,
                 on_drained=self.intake.wakeup.set, stopping=lambda: self._closing)))
 
+    def _limiter(self, cfg: Destination) -> TokenBucket | None:
+        return TokenBucket(cfg.rate_limit.per_second, cfg.rate_limit.burst, self._clock) if cfg.rate_limit else None
+
+    async def reconfigure(self, cfg: Destination) -> None:
+        """New settings in place (a live reload): no restart, no journal replay. Requests already in
+        flight finish under the old ones; `pool_size` and `park` need new shards (the supervisor's job)."""
+        old, self.cfg = self.cfg, cfg
+        self.intake.batch = cfg.batch
+        self.breaker.cfg = cfg.circuit_breaker
+        await self.concurrency.reconfigure(cfg.concurrency, cfg.adaptive_concurrency)
+        self.policy.retry = RetryPolicy(cfg.retry, self._rand)
+        if cfg.rate_limit != old.rate_limit:
+            self.policy.limiter = self._limiter(cfg)
+        if self.park is not None:
+            self.park.buffer = cfg.buffer
+        reconfigure_sink = getattr(self.ports.sink, "reconfigure", None)
+        if reconfigure_sink is not None:
+            reconfigure_sink(cfg)
+        self.intake.wakeup.set()  # a smaller batch or a shorter linger may let the queue go now
+
     def snapshot(self) -> DestinationStats:
         s = self.stats
         s.queued, s.in_flight_keys, s.known_keys = len(self.intake.queue), len(self.intake.in_flight), len(self.index)
@@ -106,19 +126,20 @@ class DestinationShard:
 
     # -- intake -----------------------------------------------------------------------------------
 
-    async def submit(self, records: Any) -> SubmitResult:
-        """``records``: (key, payload, origin) tuples, e.g. a ``RecordBatch``."""
+    async def submit(self, records: Any, revision: int = 0) -> SubmitResult:
+        """``records``: (key, payload, origin) tuples, e.g. a ``RecordBatch``; ``revision``: the route
+        table revision that routed them."""
         adm = self.intake.admit(records)
         self.stats.duplicates += adm.duplicates
         items: list[PendingRecord] = []
         parked_now = 0
         reason = self.park.reason_to_park(len(self.intake.queue), len(adm.fresh)) if self.park else None
         if reason is not None and adm.fresh:
-            await self.park.park([(k, p, o) for _, k, p, o in adm.fresh], reason)
+            await self.park.park([(k, p, o, revision) for _, k, p, o in adm.fresh], reason)
             parked_now = len(adm.fresh)
         elif adm.fresh:
             group = Completion(len(adm.fresh), asyncio.get_running_loop().create_future())
-            items = self.intake.enqueue(adm.fresh, group, self._clock())
+            items = self.intake.enqueue(adm.fresh, revision, group, self._clock())
             await group.future
         if adm.waits_on:
             await asyncio.gather(*(g.future for g in adm.waits_on))
@@ -182,7 +203,7 @@ class DestinationShard:
         """Move queued or failing records to the park and settle them as parked (or failed, if that fails)."""
         assert self.park is not None
         try:
-            await self.park.park([(i.key, i.payload, i.origin) for i in items], reason)
+            await self.park.park([(i.key, i.payload, i.origin, i.revision) for i in items], reason)
         except Exception as exc:
             self.intake.settle(items, RetriesExhausted(f"could not park: {exc}"))
         else:
@@ -215,7 +236,7 @@ class DestinationShard:
             if other is not None:
                 waits.append((h, other))  # another delivery has it in hand
                 continue
-            item = PendingRecord(h, rec.key, rec.payload, rec.origin, group, now)
+            item = PendingRecord(h, rec.key, rec.payload, rec.origin, rec.revision, group, now)
             items.append(item)
             waits.append((h, item))
         group.remaining = len(items)
@@ -256,10 +277,12 @@ class DestinationShard:
         keys = [i.key for i in batch]
         payloads = [i.payload for i in batch]
         bid = batch_id(self.name, keys)
+        revision = batch[0].revision
         can_park = self.park is not None
         attempts = 0
         while True:
-            outcome = await self.policy.attempt(bid, keys, payloads, respect_breaker=can_park and not from_park)
+            outcome = await self.policy.attempt(bid, keys, payloads, revision,
+                                                respect_breaker=can_park and not from_park)
             if outcome is BREAKER_OPEN:
                 await self._park_items(batch, f"circuit breaker {self.breaker.state}: {self.breaker.last_reason}")
                 return

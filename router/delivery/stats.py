@@ -32,3 +32,4 @@ class DestinationStats(msgspec.Struct):
     park_backlog: int = 0
     concurrency_limit: int = 0
     breaker_state: str = CLOSED
+    config_revision: int = 0  # the live config revision whose settings this shard runs with

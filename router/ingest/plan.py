@@ -39,22 +39,24 @@ def shard_of(key: str, pool_size: int) -> int:
 class BatchPlan:
     __slots__ = ("rejected", "unrouted", "work")
 
-    def __init__(self) -> None:
+    def __init__(self, revision: int = 0) -> None:
         self.rejected: list[tuple[int, str]] = []  # (message index, reason): dead-letter, then ack
         self.unrouted: list[int] = []  # no route matched
         # (destination, shard) -> (records, indexes of the messages they came from)
-        self.work: dict[tuple[str, int], tuple[RecordBatch, list[int]]] = defaultdict(lambda: (RecordBatch(), []))
+        self.work: dict[tuple[str, int], tuple[RecordBatch, list[int]]] = defaultdict(
+            lambda: (RecordBatch(revision=revision), []))
 
 
 class IngestPlanner:
-    def __init__(self, source: str, table: RouteTable, pool_sizes: dict[str, int]) -> None:
+    def __init__(self, source: str, table: RouteTable, pool_sizes: dict[str, int], revision: int = 0) -> None:
         self.source = source
         self.table = table
+        self.revision = revision  # of the route table: every record planned here carries it
         self.pool_sizes = pool_sizes
         self.decoder = EventDecoder()
 
     def plan(self, msgs: list[Any], seqs: list[int]) -> BatchPlan:
-        out = BatchPlan()
+        out = BatchPlan(self.revision)
         decode, targets, pools, source = self.decoder.decode, self.table.targets, self.pool_sizes, self.source
         for i, m in enumerate(msgs):
             try:
@@ -88,7 +90,7 @@ class IngestPlanner:
     def plan_each(self, msgs: list[Any], seqs: list[int]) -> BatchPlan:
         """The slow path after ``plan`` raised for a whole batch: plan message by message, and
         reject the message(s) that make it raise, so the rest still go through."""
-        out = BatchPlan()
+        out = BatchPlan(self.revision)
         for i, (m, seq) in enumerate(zip(msgs, seqs)):
             try:
                 one = self.plan([m], [seq])

@@ -17,14 +17,11 @@ import nats.js.errors
 from nats.js import JetStreamContext, api
 
 from router.delivery.dedup_index import DedupIndex
+from router.wire import journal_subject
 
-__all__ = ["DedupJournal", "journal_subject"]
+__all__ = ["DedupJournal"]
 
 _HASH = struct.Struct(">Q")
-
-
-def journal_subject(stream: str, destination: str) -> str:
-    return f"router.dedup.{stream.lower()}.{destination}"
 
 
 class DedupJournal:

@@ -15,16 +15,9 @@ from nats.js import api
 from router.delivery.ports import ParkedRecord, Record
 from router.jetstream.pipelined_publisher import PipelinedPublisher
 from router.jetstream.pull_consumer import PullConsumer
+from router.wire import IDEMPOTENCY_KEY, ORIGIN, PARKED_REASON, ROUTES_REVISION, park_durable, park_subject
 
-__all__ = ["ParkingLot", "park_subject"]
-
-KEY_HEADER = "Idempotency-Key"
-ORIGIN_HEADER = "Router-Source"
-REASON_HEADER = "Router-Parked-Reason"
-
-
-def park_subject(prefix: str, destination: str, shard: int) -> str:
-    return f"{prefix}.{destination}.{shard}"
+__all__ = ["ParkingLot"]
 
 
 class ParkingLot:
@@ -32,7 +25,7 @@ class ParkingLot:
         self._js = nc.jetstream()
         self.stream = stream
         self.subject = park_subject(prefix, destination, shard)
-        self.durable = f"park-{destination}-{shard}"
+        self.durable = park_durable(destination, shard)
         self._publisher = PipelinedPublisher(nc)
         self._consumer = PullConsumer(nc, stream, self.durable)
 
@@ -55,15 +48,18 @@ class ParkingLot:
     async def park(self, records: list[Record], reason: str) -> None:
         """Store (key, payload, origin) records with JetStream acks; raises if any was not stored."""
         await self._publisher.publish(
-            self.subject, [p for _, p, _ in records],
-            [{KEY_HEADER: k, ORIGIN_HEADER: o, REASON_HEADER: reason} for k, _, o in records], timeout=10)
+            self.subject, [p for _, p, _, _ in records],
+            [{IDEMPOTENCY_KEY: k, ORIGIN: o, PARKED_REASON: reason, ROUTES_REVISION: str(r)} for k, _, o, r in records],
+            timeout=10)
 
     async def fetch(self, n: int, timeout: float) -> list[ParkedRecord]:
         msgs = await self._consumer.fetch(n, expires=timeout)
         out = []
         for m in msgs:
             headers = m.headers or {}
-            out.append(ParkedRecord(headers.get(KEY_HEADER, ""), m.data, headers.get(ORIGIN_HEADER, ""), m))
+            revision = headers.get(ROUTES_REVISION, "0")
+            out.append(ParkedRecord(headers.get(IDEMPOTENCY_KEY, ""), m.data, headers.get(ORIGIN, ""),
+                                    int(revision) if revision.isdigit() else 0, m))
         return out
 
     async def ack(self, record: ParkedRecord) -> None:

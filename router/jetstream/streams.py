@@ -11,6 +11,7 @@ import nats.js.errors
 from nats.js import JetStreamContext, api
 
 from router.config import Config, Source
+from router.wire import journal_subjects
 
 __all__ = ["SetupError", "ensure_router_streams", "ensure_source", "dedup_subjects"]
 
@@ -20,7 +21,7 @@ class SetupError(RuntimeError):
 
 
 def dedup_subjects(cfg: Config) -> list[str]:
-    return [f"router.dedup.{cfg.dedup.stream.lower()}.>"]
+    return [journal_subjects(cfg.dedup.stream)]
 
 
 async def _ensure_stream(js: JetStreamContext, sc: api.StreamConfig) -> None:

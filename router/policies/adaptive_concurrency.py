@@ -49,6 +49,14 @@ class AdaptiveConcurrency:
             self.in_flight -= 1
             cond.notify_all()
 
+    async def reconfigure(self, max_limit: int, adaptive: bool) -> None:
+        """A new ceiling (live reload): requests in flight keep their slots; waiters see the new limit."""
+        self.max_limit, self.adaptive = max_limit, adaptive
+        self.limit = float(max_limit) if not adaptive else min(self.limit, float(max_limit))
+        cond = self._condition()
+        async with cond:
+            cond.notify_all()
+
     def adjust(self, rtt: float, backpressure: bool) -> None:
         """The AIMD step for one answered request (call it while the request still holds its slot)."""
         if not self.adaptive:

@@ -26,6 +26,7 @@ import msgspec
 from router.config_base import AuthConfig, DestinationBase
 from router.redaction import destination_secrets, install_log_redaction
 from router.sinks.kind import SinkKind
+from router.wire import IDEMPOTENCY_KEY, ROUTES_REVISION
 from router.sinks.outcome import Delivered, Outcome, Permanent, Transient
 
 __all__ = ["HTTP", "HttpDestination", "HttpSink", "parse_retry_after"]
@@ -59,31 +60,39 @@ class HttpDestination(DestinationBase, tag="http", kw_only=True):
 class HttpSink:
     def __init__(self, name: str, cfg: HttpDestination) -> None:
         self.name = name
+        self._session: aiohttp.ClientSession | None = None
+        self.reconfigure(cfg)
+
+    def reconfigure(self, cfg: HttpDestination) -> None:
+        """Settings from the config, also on a live reload (url, headers, auth, timeout)."""
         self.cfg = cfg
-        self._headers = {"Content-Type": "application/json", **cfg.headers}
+        headers = {"Content-Type": "application/json", **cfg.headers}
         if cfg.auth:
             token = os.environ[cfg.auth.token_env]
-            self._headers[cfg.auth.header] = f"{cfg.auth.scheme} {token}".strip()
+            headers[cfg.auth.header] = f"{cfg.auth.scheme} {token}".strip()
         # This process (a Ray actor) redacts its logs and outcomes from here on.
         self._redactor = install_log_redaction(destination_secrets(cfg))
+        self._headers = headers
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
-        self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.cfg.concurrency * 2, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        # No connection cap of aiohttp's own: the shard's concurrency limit decides, and it can change live.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(connector=connector)
 
     async def close(self) -> None:
         if self._session:
             await self._session.close()
 
-    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes]) -> Outcome:
+    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int = 0) -> Outcome:
         assert self._session is not None, "start() first"
         body = b"[" + b",".join(payloads) + b"]"
         headers = dict(self._headers)
-        headers["Idempotency-Key"] = batch_id
+        headers[IDEMPOTENCY_KEY] = batch_id
+        if revision:
+            headers[ROUTES_REVISION] = str(revision)
         try:
-            async with self._session.post(self.cfg.url, data=body, headers=headers,
+            async with self._session.post(self.cfg.url, data=body, headers=headers, timeout=self._timeout,
                                           allow_redirects=False) as resp:
                 status = resp.status
                 if 200 <= status < 300:

@@ -17,6 +17,7 @@ from router.config_base import DestinationBase, Subject
 from router.jetstream.pipelined_publisher import PipelinedPublisher, PublishError
 
 from router.sinks.kind import SinkKind
+from router.wire import IDEMPOTENCY_KEY, NATS_MSG_ID, ROUTES_REVISION
 from router.sinks.outcome import Delivered, Outcome, Permanent, Transient
 
 __all__ = ["NATS", "NatsDestination", "NatsSink"]
@@ -37,21 +38,25 @@ class NatsSink:
         self._publisher = PipelinedPublisher(nc)
 
     async def start(self) -> None:
-        if self.cfg.jetstream:
-            await self._publisher.start()
+        await self._publisher.start()  # also when `jetstream: false`: a live reload may turn it on
+
+    def reconfigure(self, cfg: NatsDestination) -> None:
+        self.cfg = cfg
 
     async def close(self) -> None:
         await self._publisher.close()
 
-    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes]) -> Outcome:
+    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int = 0) -> Outcome:
         subject = self.cfg.subject
         assert subject is not None
         try:
+            rev = {ROUTES_REVISION: str(revision)} if revision else {}
             if self.cfg.jetstream:
-                await self._publisher.publish(subject, payloads, [{"Nats-Msg-Id": k} for k in keys], self.cfg.timeout)
+                await self._publisher.publish(subject, payloads, [{NATS_MSG_ID: k, **rev} for k in keys],
+                                              self.cfg.timeout)
             else:
                 for p in payloads:
-                    await self._nc.publish(subject, p, headers={"Idempotency-Key": batch_id})
+                    await self._nc.publish(subject, p, headers={IDEMPOTENCY_KEY: batch_id, **rev})
                 await self._nc.flush(timeout=self.cfg.timeout)
             return Delivered()
         except PublishError as exc:
