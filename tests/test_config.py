@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,10 +112,18 @@ def test_missing_file():
 
 def test_cli_check_and_run_report_config_errors(tmp_path):
     p = write_config(tmp_path, lambda r: r["sources"][0].update(fetch_batch="many"))
-    for cmd in (["check", "-c", str(p)], ["run", "-c", str(p)]):
-        res = subprocess.run([sys.executable, "-m", "router.control.cli", *cmd], capture_output=True, text=True, timeout=60)
-        assert res.returncode == 2, res.stderr
-        assert f"{p}: sources[0].fetch_batch: Expected `int`" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "router.control.cli", "run", "-c", str(p)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert f"{p}: sources[0].fetch_batch: Expected `int`" in res.stderr
+    # `check` reports every problem with its line, and exits 1 (2 is for a config it cannot read).
+    res = subprocess.run([sys.executable, "-m", "router.control.cli", "check", "-c", str(p)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert re.search(rf"error: {re.escape(str(p))}:\d+: sources\[0\]\.fetch_batch: Expected `int`", res.stdout)
+    res = subprocess.run([sys.executable, "-m", "router.control.cli", "check", "-c", str(tmp_path / "none.yaml")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "file not found" in res.stderr
 
 
 def test_cli_check_ok():

@@ -11,11 +11,15 @@ import json
 import logging
 import os
 import sys
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from typing import Any
 
 import click
 
 from router.config import ConfigError, check_environment, config_schema, load_config, routes_schema
+from router.config_base import Duration
+from router.control.routes_cli import print_report, routes, run_check
 from router.redaction import install_log_redaction, redact, secrets_from_config
 
 __all__ = ["main"]
@@ -26,12 +30,43 @@ def _fail(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+class DurationParam(click.ParamType):
+    """A duration on the command line in the config's units: `30s`, `250ms`, `5m`; a bare number is seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            return float(Duration.parse(float(value) if isinstance(value, str) and _is_number(value) else value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+DURATION = DurationParam()
+
+
+def _version() -> str:
+    try:
+        return package_version("peak-router")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown"
+
+
 def _protect_secrets(cfg: Any) -> None:
     """From here on, every log line and error of this process is redacted of the config's secrets."""
     install_log_redaction(secrets_from_config(cfg))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "-V", "--version", prog_name="router")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Route retail events from NATS JetStream to ERP, marketplace and carrier destinations."""
@@ -42,7 +77,8 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="The router config (YAML); see router.example.yaml.")
-@click.option("--drain-timeout", default=60.0, show_default=True, help="Seconds to finish in-flight work on stop.")
+@click.option("--drain-timeout", type=DURATION, default="60s", show_default=True,
+              help="How long to finish in-flight work on stop (`30s`, `2m`).")
 def run(config_path: str, drain_timeout: float) -> None:
     """Run the router until SIGINT/SIGTERM, then drain in-flight work and ack before exiting.
 
@@ -85,14 +121,23 @@ def demo(events: int, duplicates: float, malformed: int, timeout: float) -> None
 
 @main.command()
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False))
-def check(config_path: str) -> None:
-    """Validate a config (and its routes file) without starting anything."""
-    try:
-        cfg = load_config(config_path)
-    except ConfigError as exc:
-        _fail(str(exc))
-    click.echo(f"{config_path}: ok ({len(cfg.sources)} sources, {len(cfg.destinations)} destinations, "
-               f"{len(cfg.route_list)} routes)")
+@click.option("--strict", is_flag=True, help="Warnings are errors (exit 1).")
+def check(config_path: str, strict: bool) -> None:
+    """Check a config and its routes without starting anything: every problem at once.
+
+    Exits 0 when clean, 1 on an error (or a warning with --strict), 2 when the config cannot be
+    read at all (missing, not YAML, not a mapping). `router routes check` checks a routes file.
+    """
+    report = run_check(None, config_path)
+    code = print_report(report, strict)
+    if code == 0 and report.config is not None:
+        cfg = report.config
+        click.echo(f"{config_path}: ok ({len(cfg.sources)} sources, {len(cfg.destinations)} destinations, "
+                   f"{len(cfg.route_list)} routes)")
+    sys.exit(code)
+
+
+main.add_command(routes)
 
 
 @main.command()
