@@ -15,6 +15,8 @@ router's HTTP contract (a JSON array of records, each with ``idempotency_key`` a
     GET /received/<dest> key -> times received
     GET /receipts/<dest> key -> when it was first received (Unix time; end-to-end latency)
     GET /records/<dest>  the first 10,000 records with the batch Idempotency-Key they came in
+    GET /revisions/<dest> key -> the Router-Routes-Revision header of each receipt
+    GET /batch-sizes/<dest> records per accepted request, in order
     POST /reset
 
 Run alone: ``python -m router.loadtest.sink_emulator --port 8081``.
@@ -52,6 +54,8 @@ class _Site:
         self.request_times: list[float] = []
         self.failed_at: list[float] = []  # when injected `fail_requests` failures were answered
         self.samples: list[dict[str, Any]] = []  # the first records and their batch headers, for contract checks
+        self.revisions: dict[str, list[str]] = {}  # key -> the Router-Routes-Revision header of each receipt
+        self.batch_sizes: list[int] = []
 
     def stats(self) -> dict[str, Any]:
         records = sum(self.received.values())
@@ -72,6 +76,8 @@ class SinkEmulator:
             web.get("/received/{dest}", self.received),
             web.get("/receipts/{dest}", self.receipts),
             web.get("/records/{dest}", self.records),
+            web.get("/revisions/{dest}", self.revisions),
+            web.get("/batch-sizes/{dest}", self.batch_sizes),
             web.post("/reset", self.reset),
             web.post("/{dest}", self.deliver),
         ])
@@ -135,6 +141,10 @@ class SinkEmulator:
         if len(site.samples) < 10_000:
             site.samples.extend({"batch_idempotency_key": batch_key, "record": r} for r in records)
         site.received.update(r["idempotency_key"] for r in records)
+        revision = request.headers.get("Router-Routes-Revision", "")
+        for r in records:
+            site.revisions.setdefault(r["idempotency_key"], []).append(revision)
+        site.batch_sizes.append(len(records))
         now = time.time()
         for r in records:
             site.first_received.setdefault(r["idempotency_key"], now)
@@ -160,6 +170,14 @@ class SinkEmulator:
 
     async def receipts(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(self._site(request).first_received), content_type="application/json")
+
+    async def revisions(self, request: web.Request) -> web.Response:
+        """Key -> the route table revision header of each time it was received."""
+        return web.Response(body=orjson.dumps(self._site(request).revisions), content_type="application/json")
+
+    async def batch_sizes(self, request: web.Request) -> web.Response:
+        """Records per accepted request, in arrival order."""
+        return web.json_response(self._site(request).batch_sizes)
 
     async def records(self, request: web.Request) -> web.Response:
         return web.json_response(self._site(request).samples)

@@ -79,7 +79,9 @@ def main(verbose: bool) -> None:
               help="The router config (YAML); see router.example.yaml.")
 @click.option("--drain-timeout", type=DURATION, default="60s", show_default=True,
               help="How long to finish in-flight work on stop (`30s`, `2m`).")
-def run(config_path: str, drain_timeout: float) -> None:
+@click.option("--watch", is_flag=True,
+              help="Reload routes and destinations when the config file or its routes file changes (SIGHUP always does).")
+def run(config_path: str, drain_timeout: float, watch: bool) -> None:
     """Run the router until SIGINT/SIGTERM, then drain in-flight work and ack before exiting.
 
     Exits 2 on a bad config, 3 when NATS cannot be used at start (refused credentials, TLS,
@@ -96,7 +98,7 @@ def run(config_path: str, drain_timeout: float) -> None:
     from router.control.service import run_service
 
     try:
-        asyncio.run(run_service(cfg, drain_timeout=drain_timeout))
+        asyncio.run(run_service(cfg, drain_timeout=drain_timeout, config_path=config_path, watch=watch))
     except NatsStartupError as exc:
         _fail(f"{config_path}: {exc}", 3)
     except SetupError as exc:
@@ -138,6 +140,7 @@ def check(config_path: str, strict: bool) -> None:
 
 
 main.add_command(routes)
+import router.control.revisions_cli  # noqa: E402,F401  (diff, apply, history, rollback join the group)
 
 
 @main.command()
@@ -397,6 +400,86 @@ def encoders() -> None:
     for e in sorted(ENCODERS.values(), key=lambda e: e.name):
         fams = ", ".join(sorted(e.families)) if e.families else "any"
         click.echo(f"{e.name:<24} {fams:<20} {e.description}")
+
+
+@main.command()
+@click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="The router config (sources, routes, destinations) of the deployment to check.")
+@click.option("--since", default="24h", show_default=True, help="Window start: a time (ISO 8601) or an age (`24h`).")
+@click.option("--until", help="Window end: a time (ISO 8601) or an age (`30m`); default now.")
+@click.option("-d", "--destination", "destinations", multiple=True, help="Only this destination (repeatable).")
+@click.option("--type", "types", multiple=True, help="Only these event types, wildcards allowed (`order.*`; repeatable).")
+@click.option("--destination-keys", type=click.Path(exists=True, dir_okay=False),
+              help="The keys the destination holds, one a line (e.g. an ERP export): list what it lacks. Needs one -d.")
+@click.option("--limit", default=1000, show_default=True, help="Entries listed per listing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def reconcile(config_path: str, since: str, until: str | None, destinations: tuple[str, ...], types: tuple[str, ...],
+              destination_keys: str | None, limit: int, as_json: bool) -> None:
+    """For every event in the window, per destination it routes to: delivered, parked, dead-lettered
+    or unaccounted. Reads only; moves no consumer.
+
+    Exits 0 when everything is accounted for, 1 when something is unaccounted for or missing at the
+    destination, 2 on a usage or config error, 3 when NATS cannot be read.
+    """
+    import msgspec
+    import nats.errors
+
+    from router.control.dlq import parse_when
+    from router.control.reconcile import ReconcileRequest, format_report, read_key_file
+    from router.control.reconcile import reconcile as run_reconcile
+    from router.jetstream.connection import NatsStartupError, connect
+
+    cfg = _dlq_config(config_path)
+    unknown = [d for d in destinations if d not in cfg.destinations]
+    if unknown:
+        _fail(f"unknown destination `{unknown[0]}`; expected one of: {', '.join(sorted(cfg.destinations))}")
+    try:
+        window = (parse_when(since), parse_when(until))
+    except ValueError as exc:
+        _fail(str(exc))
+    keys = None
+    if destination_keys:
+        if len(destinations or cfg.destinations) != 1:
+            _fail("--destination-keys holds one destination's keys: name it with -d")
+        try:
+            keys = read_key_file(destination_keys)
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"cannot read {destination_keys}: {exc}")
+    req = ReconcileRequest(since=window[0], until=window[1], destinations=list(destinations), types=list(types),
+                           destination_keys=keys, limit=limit)
+
+    tty = sys.stderr.isatty()
+    last = [0]
+
+    def progress(done: int, total: int) -> None:
+        if tty:
+            click.echo(f"\r  read {done:,}/{total:,} source events", nl=False, err=True)
+        elif done - last[0] >= 50_000 or done == total:
+            last[0] = done
+            click.echo(f"  read {done:,}/{total:,} source events", err=True)
+
+    async def go() -> Any:
+        nc = await connect(cfg.nats, "router-reconcile", fail_fast=True)
+        try:
+            return await run_reconcile(nc.jetstream(), cfg, req, progress)
+        finally:
+            await nc.close()
+
+    try:
+        report = asyncio.run(go())
+    except NatsStartupError as exc:
+        _fail(str(exc), 3)
+    except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+        _fail(f"reading the streams failed: {exc.__class__.__name__}: {exc}", 3)
+    if tty:
+        click.echo("", err=True)
+    if as_json:
+        doc = msgspec.to_builtins(report)
+        doc["exit_code"] = report.exit_code
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo("\n".join(_shown(line) for line in format_report(report).split("\n")))
+    sys.exit(report.exit_code)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+from pathlib import Path
+from typing import Callable
 
 import ray
 
 from router.config import Config
 from router.control.metrics import MetricsServer, serve_metrics
-from router.control.signals import on_stop_signals
+from router.control.signals import on_signals, on_stop_signals
 from router.control.supervisor import RouterStats, Supervisor
 from router.jetstream.connection import connect
 
@@ -23,6 +27,46 @@ def status_line(st: RouterStats) -> str:
     dst = ", ".join(f"{n}: {d.delivered} delivered/{d.duplicates} dup/{d.dead_lettered} dlq/"
                     f"{d.park_backlog} parked, breaker {d.breaker_state}" for n, d in st.destinations.items())
     return f"sources [{src}] destinations [{dst}]"
+
+
+def _watched_files(config_path: str) -> list[Path]:
+    """The config file and, when it names one, its routes file."""
+    files = [Path(config_path)]
+    try:
+        import yaml
+
+        raw = yaml.safe_load(files[0].read_text())
+        if isinstance(raw, dict) and isinstance(raw.get("routes"), str):
+            files.append(files[0].parent / raw["routes"])
+    except (OSError, ValueError, ImportError):
+        pass
+    return files
+
+
+async def _watch_files(config_path: str, reload: Callable[[], None], stop: asyncio.Event) -> None:
+    """``reload`` once the config file or its routes file has changed (checked every second)."""
+
+    def stamp() -> tuple:
+        out = []
+        for f in _watched_files(config_path):
+            try:
+                st = os.stat(f)
+                out.append((str(f), st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((str(f), None, None))
+        return tuple(out)
+
+    last = stamp()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except asyncio.TimeoutError:
+            pass
+        now = stamp()
+        if now != last:
+            last = now
+            log.info("live config: %s changed; reloading", config_path)
+            reload()
 
 
 class Readiness:
@@ -44,7 +88,11 @@ class Readiness:
         return None
 
 
-async def run_service(cfg: Config, status_every: float = 10.0, drain_timeout: float = 60.0) -> None:
+async def run_service(cfg: Config, status_every: float = 10.0, drain_timeout: float = 60.0,
+                      config_path: str | None = None, watch: bool = False) -> None:
+    """``config_path``: the file to reload on SIGHUP (and, with ``watch``, when it or its routes file
+    changes): its routes and destinations become a new live revision; a file that fails to load
+    or check is refused and the running revision stays."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     ready = Readiness()
@@ -64,6 +112,16 @@ async def run_service(cfg: Config, status_every: float = 10.0, drain_timeout: fl
         # After start: ray.init installs its own SIGTERM handler in the driver, which would kill the
         # process without a drain.
         on_stop_signals(stop.set)
+        reloads: set[asyncio.Task] = set()
+        if config_path:
+            def reload() -> None:
+                task = loop.create_task(sup.reload_file(config_path))
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+            on_signals((signal.SIGHUP,), reload)
+            if watch:
+                reloads.add(loop.create_task(_watch_files(config_path, reload, stop)))
         log.info("router running: %d source(s), %d destination(s); Ctrl-C drains and stops",
                  len(cfg.sources), len(cfg.destinations))
         last_log = 0.0

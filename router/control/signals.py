@@ -11,10 +11,15 @@ import asyncio
 import signal
 from typing import Callable
 
-__all__ = ["on_stop_signals"]
+__all__ = ["on_signals", "on_stop_signals"]
 
 
 def on_stop_signals(callback: Callable[[], None]) -> None:
+    on_signals((signal.SIGINT, signal.SIGTERM), callback)
+
+
+def on_signals(signals: tuple[signal.Signals, ...], callback: Callable[[], None]) -> None:
+    """Run ``callback`` on the running loop whenever one of ``signals`` arrives."""
     loop = asyncio.get_running_loop()
 
     def handler(*_: object) -> None:
@@ -23,5 +28,5 @@ def on_stop_signals(callback: Callable[[], None]) -> None:
         except RuntimeError:
             pass  # the loop has closed: shutting down is already under way
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in signals:
         signal.signal(sig, handler)

@@ -25,7 +25,7 @@ import ray
 from router.actors import DestinationWorker, IngestActor
 from router.actors.ingest import IngestStats
 
-from router.config import Config, ConfigError
+from router.config import Config, ConfigError, load_config
 from router.control.reload import Change, compare, decode_live, encode_live, live_part, with_live
 from router.control.actor_env import actor_options
 from router.delivery.stats import DestinationStats
@@ -62,7 +62,7 @@ def init_ray(cfg: Config) -> None:
         # Ray runs workers at nice 15 by default; here the actors are the workload, and they
         # should not lose the CPU to the NATS server and publishers they keep pace with.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        pass  # BREAK _local_ray_on_loopback(kwargs)
+        _local_ray_on_loopback(kwargs)
     ray.init(**kwargs)
 
 
@@ -86,6 +86,8 @@ def _local_ray_on_loopback(kwargs: dict[str, Any]) -> None:
 
 
 _SEVERITY = {"closed": 0, "half_open": 1, "open": 2}
+# What a live reload cannot change: a new value here takes a restart.
+_STATIC_SECTIONS = ("sources", "nats", "dedup", "dead_letter", "parking", "metrics", "ray", "live", "on_unrouted")
 
 
 def _sum_structs(items: list[Any], cls: type) -> Any:
@@ -206,6 +208,35 @@ class Supervisor:
                     return
                 log.warning("live config: watching revisions failed (%s); retrying in 2s", exc)
                 await asyncio.sleep(2.0)
+
+    async def reload_file(self, path: str) -> int | None:
+        """Store the live part of the config file at ``path`` as a new revision (the watcher applies it);
+        a file that does not load or does not fit the running config is refused and counted."""
+        try:
+            new = load_config(path)
+            with_live(self.cfg, live_part(new), path)
+        except ConfigError as exc:
+            self.reload_failures += 1
+            self.last_reload_error = str(exc)
+            log.error("live config: %s refused, revision %d keeps running: %s", path, self.revision, exc)
+            return None
+        static = [k for k in _STATIC_SECTIONS if getattr(new, k) != getattr(self.cfg, k)]
+        if static:
+            log.warning("live config: %s: `%s` changed; that takes a restart, the rest applies now",
+                        path, "`, `".join(static))
+        nc = await connect(self.cfg.nats, "router-live-config-put")
+        try:
+            store = await self._store(nc.jetstream()).open()
+            value = encode_live(live_part(new))
+            latest = await store.latest()
+            if latest is not None and latest.value == value:
+                log.info("live config: %s: routes and destinations unchanged (revision %d)", path, latest.number)
+                return latest.number
+            number = await store.put(value)
+        finally:
+            await nc.close()
+        log.info("live config: %s stored as revision %d", path, number)
+        return number
 
     async def apply_revision(self, number: int, value: bytes) -> bool:
         """Check a stored revision against the running config and apply it; on any problem keep the
