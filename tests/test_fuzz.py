@@ -225,3 +225,40 @@ def test_dead_letter_always_fits_max_payload(size, reason, max_payload):
         assert letter.payload.startswith(fitted.payload)
         assert fitted.headers[H.ORIGINAL_DIGEST].startswith("sha256:")
     assert isinstance(fitted, DeadLetter)
+
+
+class _Msg:
+    def __init__(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        self.subject, self.data, self.headers = subject, data, headers
+
+
+def test_planner_rejects_per_message_failures_and_plan_each_finds_the_one_at_fault():
+    from router.ingest.plan import IngestPlanner
+
+    def order(key: str, channel: str) -> bytes:
+        return json.dumps({"idempotency_key": key, "type": "order.created", "source": "web",
+                           "occurred_at": "2026-11-27T10:00:00Z", "data": {
+                               "order_id": key, "channel": channel, "currency": "EUR", "total": 1.0,
+                               "lines": [{"sku": "A", "quantity": 1, "unit_price": 1.0}]}}).encode()
+
+    msgs = [_Msg("retail.orders.web", order("web-1", "web")), _Msg("retail.orders.web", b"\xff"),
+            _Msg("retail.orders.web", b'{"type": "order.created", "source": "\xff"}'),
+            _Msg("retail.orders.mkt", order("mkt-1", "marketplace")), _Msg("retail.orders.web", order("web-2", "web"))]
+    seqs = [1, 2, 3, 4, 5]
+    # Per message: a bad one is rejected, the batch goes on.
+    plan = IngestPlanner("orders", DEFAULT_TABLE, {"erp": 1, "marketplace": 1, "carrier": 1}).plan(msgs, seqs)
+    assert [i for i, _ in plan.rejected] == [1, 2]
+    assert "not valid UTF-8" in plan.rejected[1][1]
+    assert sorted(i for _, idx in plan.work.values() for i in idx) == [0, 3, 3, 4]
+    # A batch-level failure (here: a destination the planner has no pool for) makes `plan` raise;
+    # `plan_each` rejects only the message that causes it.
+    broken = IngestPlanner("orders", DEFAULT_TABLE, {"erp": 1, "carrier": 1})
+    try:
+        broken.plan(msgs, seqs)
+        raise AssertionError("expected the batch to fail")
+    except KeyError:
+        pass
+    each = broken.plan_each(msgs, seqs)
+    assert [i for i, _ in each.rejected] == [1, 2, 3]
+    assert each.rejected[2][1].startswith("planning failed: KeyError")
+    assert {k: idx for k, (_, idx) in each.work.items()} == {("erp", 0): [0, 4]}
