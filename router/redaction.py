@@ -87,14 +87,18 @@ def url_secrets(url: str) -> list[str]:
     return [v for v in (parts.password, parts.username if parts.password else None) if v]
 
 
+def credentials_secrets(content: str) -> list[str]:
+    """The JWT and the nkey seed of a NATS ``.creds`` file's content: every line between its markers."""
+    lines = [line.strip() for line in content.splitlines()]
+    return [line for line in lines if len(line) >= 16 and " " not in line and not line.startswith(("-", "*"))]
+
+
 def credentials_file_secrets(path: str) -> list[str]:
-    """The JWT and the nkey seed of a NATS ``.creds`` file: every line between its markers."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
-            lines = [line.strip() for line in fh]
+            return credentials_secrets(fh.read())
     except OSError:
         return []
-    return [line for line in lines if len(line) >= 16 and not line.startswith(("-", "*"))]
 
 
 def nats_secrets(nats_cfg: Any) -> list[str]:
@@ -108,6 +112,10 @@ def nats_secrets(nats_cfg: Any) -> list[str]:
         out += url_secrets(u)
     if getattr(nats_cfg, "credentials", None):
         out += credentials_file_secrets(nats_cfg.credentials)
+        # On a Ray node without the file, the supervisor hands its content over in the environment.
+        from router.control.actor_env import CREDENTIALS_CONTENT_ENV
+
+        out += credentials_secrets(os.environ.get(CREDENTIALS_CONTENT_ENV, ""))
     return out
 
 

@@ -52,9 +52,16 @@ def test_secrets_come_from_the_environment_the_config_names(monkeypatch, tmp_pat
     monkeypatch.setenv("T_NATS", "nats-secret-value")
     raw = demo_config_dict("nats://user:url-password@127.0.0.1:4222", "http://127.0.0.1:1")
     raw["nats"]["token_env"] = "T_NATS"
+    creds = tmp_path / "router.creds"
+    creds.write_text("-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5In0.fake.jwt\n"
+                     "------END NATS USER JWT------\n\nNKEY Seed printed below can be used to sign.\n"
+                     "-----BEGIN USER NKEY SEED-----\nSUAFAKESEEDFAKESEEDFAKESEEDFAKESEED\n------END USER NKEY SEED------\n")
+    raw["nats"]["credentials"] = str(creds)
     raw["destinations"]["erp"]["auth"] = {"token_env": "T_ERP"}
     found = set(secrets_from_config(parse_config(raw, "<test>")))
-    assert {"erp-secret-value", "nats-secret-value", "url-password"} <= found
+    assert {"erp-secret-value", "nats-secret-value", "url-password",
+            "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5In0.fake.jwt", "SUAFAKESEEDFAKESEEDFAKESEEDFAKESEED"} <= found
+    assert not any(" " in f for f in found)  # the .creds file's prose is not a secret
 
 
 # -- destinations that redirect ------------------------------------------------------------------

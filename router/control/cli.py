@@ -308,7 +308,7 @@ def dlq_replay(config_path: str, destination: str | None, stage: str | None, sin
         click.echo(f"dry run: {len(letters)} dead letter(s) would be replayed; nothing was changed")
         sys.exit(1 if missing else 0)
     if not letters:
-        click.echo("no dead letters selected; nothing replayed")
+        click.echo("replayed 0 dead letter(s): none selected")
         sys.exit(1 if missing else 0)
     if everything and not yes:
         click.confirm(f"Replay all {len(letters)} dead letter(s) of every destination and source?", abort=True,
