@@ -291,3 +291,12 @@ def test_json_schema_carries_field_docs():
     assert http["url"]["description"] == "the endpoint that takes a JSON array of records"
     match = routes_schema()["$defs"]["Match"]["properties"]
     assert match["where"]["description"].startswith("field path -> predicate")
+
+
+def test_a_missing_routes_file_is_an_error_on_the_config_line(tmp_path):
+    p = config_with(tmp_path, ONE_ROUTE, lambda raw: raw.update(routes="nowhere.yaml"))
+    report = check_config(p)
+    line = p.read_text().splitlines().index("routes: nowhere.yaml") + 1
+    assert [(e.file, e.line, e.path) for e in report.errors] == [(str(p), line, "routes")]
+    assert "routes file" in report.errors[0].message and "not found" in report.errors[0].message
+    assert CliRunner().invoke(main, ["check", "-c", str(p)]).exit_code == 1

@@ -73,7 +73,7 @@ class CheckReport(NamedTuple):
 
     def summary(self) -> str:
         e, w = len(self.errors), len(self.warnings)
-        return f"{e} error(s), {w} warning(s); {len(self.routes)} valid route(s)"
+        return f"{e} error(s), {w} warning(s)" + ("" if e else f"; {len(self.routes)} route(s)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,7 +392,12 @@ class _Checker:
             path = routes_file or Path(routes_raw)
             if routes_file is None and not path.is_absolute():
                 path = base_dir / path
-            routes_raw, routes_name, prefix = self.routes_document(path), str(path), "routes"
+            if routes_file is None and not path.exists():
+                self.add("error", file, "routes", f"routes file `{path}` not found")
+                routes_raw = None
+            else:
+                # A routes file named on the command line that cannot be read raises: exit 2.
+                routes_raw, routes_name, prefix = self.routes_document(path), str(path), "routes"
         elif "routes" in raw and not isinstance(routes_raw, list):
             self.convert(routes_raw, fields["routes"].type, file, "routes")
             routes_raw = None
@@ -400,11 +405,7 @@ class _Checker:
 
     def routes_document(self, path: Path) -> Any:
         """The `routes` list of a routes file (None after reporting what is wrong with it)."""
-        try:
-            doc = self.read(path)
-        except ConfigError as exc:
-            self.add("error", exc.file, exc.path, exc.message)
-            return None
+        doc = self.read(path)
         if not isinstance(doc, dict) or "routes" not in doc:
             self.add("error", str(path), "", "Expected a mapping with a `routes` list")
             return None
