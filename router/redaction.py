@@ -8,7 +8,7 @@ the forms they take when echoed back in JSON or URL-encoded) with ``[REDACTED]``
 One redactor per process (``register`` adds to it): the CLI registers the whole config; the
 NATS connection and the HTTP sink register what they read themselves, so Ray actor processes,
 which never run the CLI, redact too. ``install_log_redaction`` makes every log record of the
-process pass through it, whichever logger or handler writes it.
+process pass through it, whichever logger or handler writes it, and an uncaught exception too.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
+import traceback
 from typing import Any, Iterable
 from urllib.parse import quote, quote_plus, unquote, urlsplit
 
@@ -188,4 +190,13 @@ def install_log_redaction(secrets: Iterable[str] = ()) -> Redactor:
         root.addFilter(flt)
         for h in root.handlers:
             h.addFilter(flt)
+        # An exception nobody caught is printed by sys.excepthook, not by logging.
+        sys.excepthook = _redacting_excepthook(redactor)
     return redactor
+
+
+def _redacting_excepthook(redactor: Redactor) -> Any:
+    def print_redacted(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        sys.stderr.write(redactor.redact("".join(traceback.format_exception(kind, value, tb))))
+
+    return print_redacted

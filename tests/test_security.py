@@ -64,6 +64,31 @@ def test_secrets_come_from_the_environment_the_config_names(monkeypatch, tmp_pat
     assert not any(" " in f for f in found)  # the .creds file's prose is not a secret
 
 
+def test_health_endpoints_say_why_not_ready():
+    from router.control.metrics import serve_metrics
+    from router.control.service import Readiness
+
+    class Connection:
+        is_connected = True
+
+    ready = Readiness()
+    server = serve_metrics("127.0.0.1", 0, ready)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+        assert _get(f"{base}/healthz") == (200, "ok\n")
+        assert _get(f"{base}/readyz") == (503, "starting: routes and actors not up yet\n")
+        ready.nc, ready.started = Connection(), True
+        assert _get(f"{base}/readyz") == (200, "ready\n")
+        Connection.is_connected = False
+        assert _get(f"{base}/readyz") == (503, "NATS not connected (reconnecting)\n")
+        ready.draining = True
+        assert _get(f"{base}/readyz")[0] == 503 and "draining" in _get(f"{base}/readyz")[1]
+        assert _get(f"{base}/metrics")[0] == 200
+    finally:
+        server.close()
+
+
 # -- destinations that redirect ------------------------------------------------------------------
 
 async def _dead_letters(url: str, stream: str = "ROUTER_DLQ") -> list[tuple[dict, bytes]]:
