@@ -46,8 +46,9 @@ def test_20k_events_with_10pct_resent_minutes_later_arrive_once_each(clean, nats
             await wait_complete(nats_server.url, emulator.url, expected)
             before = await sup.stats()
             await publish(nats_server.url, resends)
-            after = await wait_final(sup, len(first) + len(resends))
-            got = await wait_complete(nats_server.url, emulator.url, expected)
+            await wait_final(sup, len(first) + len(resends))
+            got = await wait_complete(nats_server.url, emulator.url, expected)  # drained: every re-send acked
+            after = await sup.stats()
         finally:
             await sup.stop()
         return expected, got, before, after
