@@ -288,6 +288,7 @@ async def rehearse(sc: Scenario, dep: Deployment, out: Path, say: Callable[[str]
             faults_task.cancel()
             await asyncio.gather(faults_task, return_exceptions=True)
         await nc.close()
+    (out / "data.json").write_bytes(msgspec.json.encode(data))  # the raw figures: rebuild a report from them
     report = build_report(data)
     paths = write_report(report, out)
     report["files"] = {k: str(v) for k, v in paths.items()}

@@ -105,7 +105,12 @@ def build_report(d: RehearsalData) -> dict[str, Any]:
     if peak is not None:
         after = [s for s in d.samples if s.t >= peak.t and s.pending <= threshold]
         drained_after = round(after[0].t - peak.t, 1) if after else None
-    parks = [s.park_backlog for s in d.samples if s.park_backlog is not None]
+    parked = [s for s in d.samples if s.park_backlog is not None]
+    park_peak = max(parked, key=lambda s: s.park_backlog or 0, default=None)
+    park_drained_after = None
+    if park_peak is not None and park_peak.park_backlog:
+        after = [s for s in parked if s.t >= park_peak.t and not s.park_backlog]
+        park_drained_after = round(after[0].t - park_peak.t, 1) if after else None
 
     transitions = []
     last: dict[str, str] = {}
@@ -129,7 +134,9 @@ def build_report(d: RehearsalData) -> dict[str, Any]:
         "destinations": dests,
         "backlog": {"peak": peak.pending if peak else 0, "peak_at_s": round(peak.t - t0, 1) if peak else None,
                     "drain_threshold": threshold, "drained_after_s": drained_after,
-                    "park_backlog_peak": max(parks) if parks else None},
+                    "park_backlog_peak": park_peak.park_backlog if park_peak else None,
+                    "park_backlog_peak_at_s": round(park_peak.t - t0, 1) if park_peak else None,
+                    "park_replayed_after_s": park_drained_after},
         "breaker_transitions": transitions,
         "faults": [{"name": f["name"], "destination": f["destination"], "fault": f["fault"],
                     "start_s": round(f["started_at"] - t0, 1),
@@ -222,13 +229,18 @@ def render_chart(r: dict[str, Any]) -> bytes | None:
         return None
     tl = r["timeline"]
     xs = list(range(tl["seconds"]))
-    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 8.5), sharex=True)
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(11.5, 8.5), sharex=True)
     ax1.plot(xs, tl["target_per_s"], color="#999", ls="--", lw=1, label="target")
     ax1.plot(xs, tl["sent_per_s"], color="#222", lw=1.2, label="published")
     for dest, row in sorted(tl["delivered_per_s"].items()):
         ax1.plot(xs, row, lw=1, color=_COLORS.get(dest), label=f"{dest} delivered")
     ax1.set_ylabel("events / s")
-    ax1.legend(fontsize=7, ncol=5, loc="upper right")
+    top = max([1.0, *tl["target_per_s"], *tl["sent_per_s"]]) * 1.6
+    burst = max((max(row, default=0), dest) for dest, row in tl["delivered_per_s"].items()) if tl["delivered_per_s"] else (0, "")
+    if burst[0] > top:  # a replay after an outage delivers far above the load: clip it, say how high
+        ax1.set_ylim(0, top)
+        ax1.text(0.99, 0.97, f"{burst[1]} replay peaks at {burst[0]:,}/s (clipped)", transform=ax1.transAxes,
+                 ha="right", va="top", fontsize=7)
     ts = [s["t_s"] for s in tl["samples"]]
     ax2.plot(ts, [s["pending"] for s in tl["samples"]], color="#222", label="source consumer pending")
     if any(s["park_backlog"] is not None for s in tl["samples"]):
@@ -237,7 +249,6 @@ def render_chart(r: dict[str, Any]) -> bytes | None:
         if tr["to"] == "open":
             ax2.axvline(tr["t_s"], color=_COLORS.get(tr["destination"], "#555"), ls=":", lw=1)
     ax2.set_ylabel("messages")
-    ax2.legend(fontsize=7, loc="upper left")
     b = tl["latency_bucket_s"]
     for dest, rows in sorted(tl["latency_ms"].items()):
         bx = [i * b + b / 2 for i in range(len(rows["p99"]))]
@@ -246,7 +257,8 @@ def render_chart(r: dict[str, Any]) -> bytes | None:
     ax3.set_yscale("log")
     ax3.set_ylabel("publish → receipt, ms")
     ax3.set_xlabel("seconds since the load started")
-    ax3.legend(fontsize=7, ncol=3, loc="upper left")
+    for ax in (ax1, ax2, ax3):
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     for f in r["faults"]:
         for ax in (ax1, ax2, ax3):
             ax.axvspan(f["start_s"], f["end_s"], color=_COLORS.get(f["destination"], "#888"), alpha=0.12, lw=0)
@@ -314,7 +326,8 @@ the same key, {_fmt(s['malformed'])} malformed ({_fmt(s['ingest_dead_letters'])}
 <th>p50 ms</th><th>p95 ms</th><th>p99 ms</th></tr>{drows}</table>
 <p>Peak backlog (source consumers' pending) {_fmt(bl['peak'])} at {_fmt(bl['peak_at_s'])} s, back to
 ≤ {bl['drain_threshold']} after {_fmt(bl['drained_after_s'])} s; peak of parked records not yet replayed
-{_fmt(bl['park_backlog_peak'])}.</p>
+{_fmt(bl['park_backlog_peak'])} at {_fmt(bl['park_backlog_peak_at_s'])} s, all replayed after
+{_fmt(bl['park_replayed_after_s'])} s.</p>
 {img}
 <h2>Fault windows</h2><table><tr><th>fault</th><th>destination</th><th>when</th><th>emulator fault</th></tr>
 {frows}</table>
