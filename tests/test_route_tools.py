@@ -9,13 +9,17 @@ import re
 from pathlib import Path
 
 import click
+import msgspec
 import pytest
 import yaml
 from click.testing import CliRunner
 
+from router.codecs import EventDecoder
 from router.config import config_schema, routes_schema
 from router.control.cli import DURATION, main, run
+from router.control.route_cases import load_cases, run_cases
 from router.control.route_check import check_config, check_routes, known_event_types, subjects_overlap
+from router.ingest.routing import RouteTable
 from router.routes import path_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,11 +202,6 @@ def test_the_shipped_cases_cover_every_default_route_and_pass():
     res = CliRunner().invoke(main, ["routes", "test", DEFAULT_ROUTES, "--cases", DEFAULT_CASES, "-c", str(EXAMPLE)])
     assert res.exit_code == 0, res.output
     # Every route of the default table is exercised by some case.
-    from router.control.route_cases import load_cases, run_cases
-    from router.ingest.routing import RouteTable
-    from router.codecs import EventDecoder
-    import msgspec
-
     routes = check_routes(DEFAULT_ROUTES).routes
     table, decoder, hit = RouteTable(routes), EventDecoder(), set()
     for case in load_cases(DEFAULT_CASES):

@@ -333,7 +333,7 @@ class _Checker:
                 continue
             why = {f: _payload_path_problem(MODEL_BY_FAMILY[f], rest, f) for f in sorted(fams)}
             failing = {f: w for f, w in why.items() if w}
-            # Any type selects every family: warn only when no family has the path.
+            # Named families: each must have the path. Any type (every family): warn only when none has it.
             if m.types and any(t.split(".", 1)[0] not in ("*", ">") for t in m.types):
                 for w in failing.values():
                     self.add("warning", file, path, w)
@@ -344,8 +344,8 @@ class _Checker:
     # -- the config around the routes ---------------------------------------------------------------
 
     def config(self, raw: Any, file: str, base_dir: Path, routes_file: Path | None) -> tuple[Any, ...]:
-        """Each section and each source / destination on its own. Returns (subjects the sources capture, destination names,
-        routes raw, routes file name, routes prefix)."""
+        """Each section and each source / destination on its own. Returns (subjects the sources
+        capture, destination names, the raw routes, the file they are in, their key prefix)."""
         if not isinstance(raw, dict):
             raise ConfigError(file, "", f"Expected a mapping at the top level, got `{type(raw).__name__}`")
         fields = {f.encode_name: f for f in msgspec.structs.fields(Config)}
