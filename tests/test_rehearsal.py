@@ -175,3 +175,54 @@ def test_ci_rehearsal_counts_match_the_emulators(nats_server, ray_session, emula
     assert "data:image/png;base64," in html and "<script" not in html and "<link" not in html  # self-contained
     assert json.loads((tmp_path / "report.json").read_text())["verdict"] == r["verdict"]
     assert r["verdict"] == "go", r["failed_slos"]
+
+
+# -- the command's errors, and router stats from an existing deployment's metrics ---------------
+
+def test_rehearse_command_rejects_bad_input_before_starting_anything(tmp_path):
+    from click.testing import CliRunner
+
+    from router.control.cli import main
+
+    r = CliRunner().invoke(main, ["rehearse", "-s", "black-friday", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "scenarios shipped: ci, holiday-peak" in r.output
+    r = CliRunner().invoke(main, ["rehearse", "--nats-url", "nats://127.0.0.1:1", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--nats-url needs --config" in r.output
+    assert not any(tmp_path.iterdir())  # nothing ran
+
+
+def test_router_stats_from_prometheus_metrics():
+    from aiohttp import web
+
+    from router.loadtest.rehearsal import metrics_stats
+
+    exposition = "\n".join([
+        "# TYPE router_destination_parked counter",
+        'router_destination_parked_total{destination="erp"} 120.0',
+        'router_destination_parked_created{destination="erp"} 1.7e+09',
+        'router_destination_replayed_total{destination="erp"} 118.0',
+        'router_destination_park_backlog{destination="erp"} 2.0',
+        'router_destination_breaker_state{destination="erp"} 2.0',
+        'router_destination_breaker_state{destination="carrier"} 0.0',
+        'router_source_acked_total{source="orders"} 5.0',
+    ])
+
+    async def metrics(_request):
+        return web.Response(text=exposition)
+
+    async def go():
+        app = web.Application()
+        app.add_routes([web.get("/metrics", metrics)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            return await metrics_stats(f"http://127.0.0.1:{port}/metrics")()
+        finally:
+            await runner.cleanup()
+
+    st = asyncio.run(go())
+    assert st["erp"]["parked"] == 120 and st["erp"]["replayed"] == 118 and st["erp"]["park_backlog"] == 2
+    assert st["erp"]["breaker_state"] == "open" and st["carrier"]["breaker_state"] == "closed"
