@@ -19,7 +19,7 @@ from router.config import Config, ConfigError, load_config
 from router.control.reload import compare, decode_live, encode_live, live_part, with_live, LiveConfig
 from router.control.route_diff import dry_run, route_changes
 from router.control.routes_cli import EXIT_PROBLEMS, fail, load_checked_routes, routes
-from router.jetstream.revisions import Revision, RevisionStore
+from router.jetstream.revisions import RevisionStore
 
 __all__ = ["routes"]
 
@@ -48,12 +48,16 @@ def _with_store(cfg: Config, action: Callable[[Any, RevisionStore], Awaitable[An
         fail(str(exc), 3)
 
 
-def _running(cfg: Config, latest: Revision | None) -> tuple[Config, str]:
-    """The live config the routers run now: the newest revision, or the config file's if none."""
-    if latest is None:
-        return cfg, "the config file (no revision stored yet)"
-    where = f"revision {latest.number}"
-    return with_live(cfg, decode_live(latest.value, where), where), where
+async def _running(cfg: Config, store: RevisionStore) -> tuple[Config, str]:
+    """The live config the routers run now: the newest revision they could take (one that does not
+    load is refused by them and skipped here), or the config file's if there is none."""
+    for rev in reversed(await store.history()):
+        where = f"revision {rev.number}"
+        try:
+            return with_live(cfg, decode_live(rev.value, where), where), where
+        except ConfigError:
+            continue
+    return cfg, "the config file (no valid revision stored yet)"
 
 
 def _proposed(cfg: Config, routes_file: str, config_path: str) -> tuple[Config, LiveConfig]:
@@ -78,14 +82,12 @@ def routes_diff(routes_file: str, config_path: str, sample: int) -> None:
     new, _ = _proposed(cfg, routes_file, config_path)
 
     async def go(js: Any, store: RevisionStore) -> Any:
-        latest = await store.latest()
         msgs = []
         for src in cfg.sources:
             msgs += await read_tail(js, src.stream, sample)
-        return latest, msgs
+        return await _running(cfg, store), msgs
 
-    latest, msgs = _with_store(cfg, go)
-    current, label = _running(cfg, latest)
+    (current, label), msgs = _with_store(cfg, go)
     rc = route_changes(current.route_list, new.route_list)
     click.echo(f"compared with {label}:")
     for what, names in (("added", rc.added), ("removed", rc.removed), ("changed", rc.changed)):
@@ -112,8 +114,7 @@ def routes_apply(routes_file: str, config_path: str) -> None:
     new, live = _proposed(cfg, routes_file, config_path)
 
     async def go(js: Any, store: RevisionStore) -> Any:
-        latest = await store.latest()
-        current, label = _running(cfg, latest)
+        current, label = await _running(cfg, store)
         change = compare(current, new)
         if change.empty:
             return None, label, change
