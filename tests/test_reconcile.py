@@ -81,9 +81,10 @@ def test_reconcile_finds_exactly_what_was_removed(clean, nats_server, emulator, 
     events = list(RetailEventFactory(seed=71).burst(3000, duplicate_ratio=0.05, malformed=6))
     expected = expected_deliveries(cfg, events)
 
-    def reconcile(*args):
+    def reconcile(*args, as_json=True):
         return subprocess.run([sys.executable, "-m", "router.control.cli", "reconcile", "-c", str(path),
-                               "--since", "10m", "--json", *args], capture_output=True, text=True, timeout=60)
+                               "--since", "10m", *(["--json"] if as_json else []), *args],
+                              capture_output=True, text=True, timeout=60)
 
     async def scenario():
         sup = Supervisor(cfg)
@@ -131,11 +132,14 @@ def test_reconcile_finds_exactly_what_was_removed(clean, nats_server, emulator, 
         forgotten = set(delivered_erp[::500])  # the ERP lost these from its own record
         keys_file.write_text("\n".join(k for k in erp_got if k not in forgotten) + "\n")
         at_erp = await asyncio.to_thread(reconcile, "-d", "erp", "--destination-keys", str(keys_file))
+        as_text = await asyncio.to_thread(reconcile, "-d", "marketplace", as_json=False)
         after = await _durables(js, cfg)
         await nc.close()
-        return st, lost, (parked_key, dead_key), forgotten, everything, carrier_shipments, at_erp, before, after
+        return (st, lost, (parked_key, dead_key), forgotten, everything, carrier_shipments, at_erp, as_text,
+                before, after)
 
-    st, lost, (parked_key, dead_key), forgotten, everything, carrier_shipments, at_erp, before, after = asyncio.run(scenario())
+    (st, lost, (parked_key, dead_key), forgotten, everything, carrier_shipments, at_erp, as_text,
+     before, after) = asyncio.run(scenario())
     assert st.destinations["erp"].parked > 0 and st.destinations["erp"].replayed > 0
     assert len(lost["erp"]) > 2 and lost["marketplace"]
 
@@ -172,11 +176,18 @@ def test_reconcile_finds_exactly_what_was_removed(clean, nats_server, emulator, 
     assert {e["key"] for e in keys_rep["missing_at_destination"]} == forgotten
     assert keys_rep["missing_at_destination_total"] == len(forgotten)
 
+    assert as_text.returncode == 1
+    assert f"UNACCOUNTED: {len(lost['marketplace'])} (destination, key) pair(s)" in as_text.stdout
+    assert all(k in as_text.stdout for k in lost["marketplace"])
+    print(f"\nreconcile of {rep['events_read']} events in {rep['seconds']}s; unaccounted {rep['unaccounted_total']}; "
+          f"erp totals {erp}")
+
     assert before == after, "reconcile moved a source consumer"
 
 
 def test_reconcile_usage_errors(tmp_path):
     raw = config_dict("nats://127.0.0.1:1", "http://127.0.0.1:1")
+    raw["nats"]["connect_timeout"] = "1s"
     path = tmp_path / "router.yaml"
     path.write_text(yaml.safe_dump(raw))
 

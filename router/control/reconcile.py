@@ -194,7 +194,10 @@ async def _drain(sub: Any, last_seq: int) -> Any:
         try:
             msgs = await sub.fetch(_FETCH, timeout=1.0)
         except (asyncio.TimeoutError, nats.errors.TimeoutError):
-            return
+            # A slow answer is not the end: stop only when the consumer says nothing is left.
+            if (await sub.consumer_info()).num_pending == 0:
+                return
+            continue
         yield msgs
         if not msgs or msgs[-1].metadata.sequence.stream >= last_seq or msgs[-1].metadata.num_pending == 0:
             return
@@ -376,17 +379,20 @@ async def reconcile(js: JetStreamContext, cfg: Config, req: ReconcileRequest,
             continue
         floor = await _ack_floor(js, src.stream, src.durable)
         for subject in src.subjects:
+            # Counted now for the progress total, read later through a new consumer: one left
+            # idle while other subjects are read would be removed by the server (inactive_threshold).
             sub = await _ephemeral(js, src.stream, subject, req.since)
             pending = (await sub.consumer_info()).num_pending
+            await sub.unsubscribe()
             total += pending
-            plan.append((src, subject, sub, info.state.last_seq, floor, pending))
+            if pending:
+                plan.append((src, subject, info.state.last_seq, floor))
 
     read = 0
     progress(0, total)
-    try:
-        for src, subject, sub, last_seq, floor, pending in plan:
-            if not pending:
-                continue
+    for src, subject, last_seq, floor in plan:
+        sub = await _ephemeral(js, src.stream, subject, req.since)
+        try:
             chunk: list[Any] = []
             async for msgs in _drain(sub, last_seq):
                 read += len(msgs)
@@ -402,10 +408,9 @@ async def reconcile(js: JetStreamContext, cfg: Config, req: ReconcileRequest,
                     break
             _classify(chunk, src, table, decoder, dests, req, journals, parked, letters, dest_keys,
                       horizon, floor, tally, ingest)
-    finally:
-        for p in plan:
+        finally:
             try:
-                await p[2].unsubscribe()
+                await sub.unsubscribe()
             except Exception:  # noqa: BLE001 - the server removes an idle ephemeral consumer anyway
                 pass
 
