@@ -155,12 +155,11 @@ async def connect(cfg: NatsConfig, name: str, *, fail_fast: bool = False) -> Cli
         log.warning("%s: reconnected to NATS", name)
 
     async def on_error(exc: Exception) -> None:
-        if not nc.is_connected and not nc.is_reconnecting:  # still on the first connection
+        if fail_fast and not nc.is_connected and not nc.is_reconnecting:  # still on the first connection
             errors.append(exc)
-            if fail_fast:
-                if _is_auth_error(exc) or _is_certificate_error(_unwrap(exc)):
-                    fatal.set()
-                return  # reported once, when startup gives up
+            if _is_auth_error(exc) or _is_certificate_error(_unwrap(exc)):
+                fatal.set()
+            return  # reported once, when startup gives up
         warn(f"{name}: NATS error: {describe_connect_error(cfg, exc)}")
 
     kwargs.update(disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, error_cb=on_error)
