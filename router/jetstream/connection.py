@@ -160,7 +160,10 @@ async def connect(cfg: NatsConfig, name: str, *, fail_fast: bool = False) -> Cli
             if _is_auth_error(exc) or _is_certificate_error(_unwrap(exc)):
                 fatal.set()
             return  # reported once, when startup gives up
-        warn(f"{name}: NATS error: {describe_connect_error(cfg, exc)}")
+        if nc.is_connected or nc.is_reconnecting:  # after a good start: the config was right
+            warn(redact(f"{name}: NATS error: {exc.__class__.__name__}: {exc}"))
+        else:
+            warn(f"{name}: cannot connect yet, retrying: {describe_connect_error(cfg, exc)}")
 
     kwargs.update(disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, error_cb=on_error)
     if not fail_fast:
