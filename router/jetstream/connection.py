@@ -183,9 +183,10 @@ async def connect(cfg: NatsConfig, name: str, *, fail_fast: bool = False) -> Cli
         attempt.cancel()
     try:
         await attempt
-    except BaseException as exc:  # noqa: BLE001 - the cancel we asked for, or the error to report
-        if not isinstance(exc, asyncio.CancelledError):
-            errors.append(exc)
+    except asyncio.CancelledError:  # the cancel we asked for
+        pass
+    except Exception as exc:  # noqa: BLE001 - the error to report
+        errors.append(exc)
     try:
         await nc.close()
     except Exception:  # noqa: BLE001 - half-open client; nothing more to release
