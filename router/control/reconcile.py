@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from array import array
 from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
@@ -258,7 +259,7 @@ async def _journal_horizon(js: JetStreamContext, cfg: Config, now: float) -> flo
 async def _read_parked(js: JetStreamContext, cfg: Config, dests: list[str]) -> dict[str, KeySet]:
     """Keys waiting in each destination's park. Direct gets: a work queue allows no other consumer."""
     info = await _stream_info(js, cfg.parking.stream)
-    out: dict[str, list[str]] = defaultdict(list)
+    out: dict[str, array] = defaultdict(lambda: array("Q"))  # key hashes, 8 bytes each
     if info is not None and info.state.messages:
         prefix = cfg.parking.subject_prefix
         seq = info.state.first_seq
@@ -269,9 +270,9 @@ async def _read_parked(js: JetStreamContext, cfg: Config, dests: list[str]) -> d
                 break
             dest = (m.subject or "")[len(prefix) + 1:].split(".", 1)[0]
             if dest in dests:
-                out[dest].append((m.headers or {}).get(IDEMPOTENCY_KEY, ""))
+                out[dest].append(key_hash((m.headers or {}).get(IDEMPOTENCY_KEY, "")))
             seq = (m.seq or seq) + 1
-    return {d: KeySet(_hashes_of(out.get(d, ()))) for d in dests}
+    return {d: KeySet(np.frombuffer(out[d], np.uint64) if d in out else None) for d in dests}
 
 
 class _DeadLetters:
