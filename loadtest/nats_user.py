@@ -16,6 +16,7 @@ Each publish fires ``events.request``, so locust's own stats, web UI and ``--csv
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Callable
 
@@ -62,8 +63,11 @@ class JetStreamClient:
         async def connect() -> None:
             import nats
 
-            self._nc = await nats.connect(self.url, name="locust-rehearsal", max_reconnect_attempts=-1,
-                                          pending_size=64 * 1024 * 1024)
+            # Reconnect for ever once connected (a NATS restart is part of a rehearsal), but fail
+            # the first connect in bounded time: a wrong URL must stop the run, not idle through it.
+            self._nc = await asyncio.wait_for(
+                nats.connect(self.url, name="locust-rehearsal", max_reconnect_attempts=-1,
+                             pending_size=64 * 1024 * 1024), self.timeout + 5)
             self._js = self._nc.jetstream(timeout=self.timeout)
 
         try:
@@ -138,10 +142,13 @@ class JetStreamUser(User):
 
     abstract = True
     _shared: JetStreamClient | None = None
+    _failed = ""  # why the client could not start (every later user stops at once)
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
         cls = JetStreamUser
+        if cls._failed:
+            raise StopUser(cls._failed)
         if cls._shared is None:
             opts = environment.parsed_options
             url = getattr(opts, "nats_url", None) or self.host or "nats://127.0.0.1:4222"
@@ -149,8 +156,12 @@ class JetStreamUser(User):
                 cls._shared = JetStreamClient(url, environment.events.request,
                                               getattr(opts, "publish_timeout", 5.0)).start()
             except Exception as exc:
-                environment.runner.quit() if environment.runner else None
-                raise StopUser(f"cannot connect to NATS at {url}: {exc}") from exc
+                cls._failed = f"cannot connect to NATS at {url}: {type(exc).__name__} {exc}".strip()
+                logging.getLogger(__name__).error("%s; stopping the run", cls._failed)
+                environment.process_exit_code = 2
+                if environment.runner:
+                    gevent.spawn(environment.runner.quit)  # not from this greenlet: the runner spawned it
+                raise StopUser(cls._failed) from exc
         self.client = cls._shared
 
     @classmethod

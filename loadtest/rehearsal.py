@@ -44,7 +44,7 @@ from router.loadtest.retail_events import GeneratedEvent
 from router.loadtest.scenario import Scenario
 from router.loadtest.rate_profile import make_profile
 
-__all__ = ["Deployment", "rehearse", "run_rehearsal"]
+__all__ = ["Deployment", "RehearsalError", "rehearse", "run_rehearsal"]
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 RouterStatsFn = Callable[[], Awaitable[dict[str, dict[str, Any]]]]
@@ -52,6 +52,10 @@ RouterStatsFn = Callable[[], Awaitable[dict[str, dict[str, Any]]]]
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
+
+
+class RehearsalError(Exception):
+    """The rehearsal could not run (unreachable NATS, locust failing): no report, exit code 3."""
 
 
 class Deployment(msgspec.Struct):
@@ -152,6 +156,10 @@ class _Watcher:
             pass
 
 
+async def _quiet(_exc: Exception) -> None:
+    """nats-py logs each failed connect attempt with a traceback; the rehearsal says it once."""
+
+
 def _locust_cmd(sc: Scenario, nats_url: str, out: Path, journal: Path) -> list[str]:
     return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
             "--csv", str(out / "locust"), "--loglevel", "WARNING", "--nats-url", nats_url,
@@ -196,7 +204,10 @@ async def rehearse(sc: Scenario, dep: Deployment, out: Path, say: Callable[[str]
     journal = out / "sent"
     shutil.rmtree(journal, ignore_errors=True)
     profile = make_profile(sc.shape, sc.base_rate, sc.duration_s)
-    nc = await nats.connect(dep.nats_url, name="router-rehearsal")
+    try:
+        nc = await asyncio.wait_for(nats.connect(dep.nats_url, name="router-rehearsal", error_cb=_quiet), 15)
+    except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
+        raise RehearsalError(f"cannot reach NATS at {dep.nats_url}: {type(exc).__name__} {exc}".strip()) from None
     js = nc.jetstream()
     timeline = FaultTimeline(dep.emulator_url, sc.faults, say)
     log = open(out / "locust.log", "wb")
@@ -210,7 +221,7 @@ async def rehearse(sc: Scenario, dep: Deployment, out: Path, say: Callable[[str]
             deadline = time.monotonic() + 60
             while not (started.exists() and started.read_text()):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"locust did not start: see {out / 'locust.log'}:\n"
+                    raise RehearsalError(f"locust did not start: see {out / 'locust.log'}:\n"
                                        + (out / "locust.log").read_text(errors="replace")[-2000:])
                 await asyncio.sleep(0.1)
             t0 = float(started.read_text())
@@ -227,7 +238,11 @@ async def rehearse(sc: Scenario, dep: Deployment, out: Path, say: Callable[[str]
             load_ended = time.time()
             await faults_task
             if proc.returncode not in (0, 1):  # 1: some publishes failed, which the report counts
-                raise RuntimeError(f"locust exited with {proc.returncode}: see {out / 'locust.log'}")
+                errors = [ln for ln in (out / "locust.log").read_text(errors="replace").splitlines()
+                          if "/ERROR/router" in ln or "/CRITICAL/" in ln]
+                raise RehearsalError(f"locust exited with {proc.returncode}"
+                                     + (f": {errors[-1].split(': ', 1)[-1]}" if errors else "")
+                                     + f" (log: {out / 'locust.log'})")
 
             say(f"load done after {load_ended - t0:.0f}s; waiting until everything is final "
                 f"(at most {sc.drain_timeout_s:g}s) ...")
@@ -346,7 +361,8 @@ async def _embedded(sc: Scenario, out: Path, workdir: str) -> dict[str, Any]:
 
 def run_rehearsal(sc: Scenario, out: str, nats_url: str | None = None, cfg: Config | None = None,
                   emulator_url: str | None = None, metrics_url: str | None = None) -> int:
-    """The command: 0 when every SLO holds (go), 1 when one fails (no-go), 130 when interrupted."""
+    """The command: 0 when every SLO holds (go), 1 when one fails (no-go), 3 when it could not run,
+    130 when interrupted."""
     import ray
 
     out_dir = Path(out)
@@ -362,6 +378,9 @@ def run_rehearsal(sc: Scenario, out: str, nats_url: str | None = None, cfg: Conf
     except (KeyboardInterrupt, asyncio.CancelledError):
         _say("\ninterrupted: stopped everything the rehearsal started (no report)")
         return 130
+    except RehearsalError as exc:
+        _say(f"error: {exc}")
+        return 3
     finally:
         if ray.is_initialized():
             ray.shutdown()

@@ -366,7 +366,11 @@ def rehearse(scenario_name: str, base_rate: float | None, duration: float | None
              config_path: str | None, emulator_url: str | None, metrics_url: str | None,
              slo_p95_ms: float | None, slo_p99_ms: float | None, slo_drain_s: float | None,
              slo_max_dead_lettered: int | None, out: str) -> None:
-    """Rehearse a peak with locust and faults; write a go / no-go report; exit 1 if an SLO fails."""
+    """Rehearse a peak with locust and faults; write a go / no-go report.
+
+    Exits 0 for a go, 1 when an SLO fails (the report says which), 2 on bad input, 3 when the
+    rehearsal could not run (NATS unreachable, locust failing).
+    """
     logging.getLogger().setLevel(logging.WARNING)
     import msgspec
 
