@@ -64,7 +64,11 @@ def batch_id(destination: str, keys: list[str]) -> str:
 
 class DestinationShard:
     def __init__(self, name: str, cfg: Destination, ports: ShardPorts, index: DedupIndex, *,
-                 clock: Callable[[], float] = time.monotonic, rand: Callable[[], float] = random.random) -> None:
+                 clock: Callable[[], float] = time.monotonic, rand: Callable[[], float] = random.random,
+                 gate: Any = None, make_limiter: Callable[[Destination], Any] | None = None) -> None:
+        # ``gate`` / ``make_limiter``: limits shared with the rest of the pool (the sink actor builds
+        # them, see ``router/policies/shared_limits.py``); none: this shard's own.
+        self._make_limiter = make_limiter
         self.name = name
         self.cfg = cfg
         self.ports = ports
@@ -75,7 +79,7 @@ class DestinationShard:
         self.breaker = CircuitBreaker(cfg.circuit_breaker, clock)
         self.concurrency = AdaptiveConcurrency(cfg.concurrency, adaptive=cfg.adaptive_concurrency, clock=clock)
         self.policy = SendPolicy(ports.sink, retry=RetryPolicy(cfg.retry, rand), breaker=self.breaker,
-                                 concurrency=self.concurrency, gate=RetryAfterGate(clock),
+                                 concurrency=self.concurrency, gate=gate or RetryAfterGate(clock),
                                  limiter=self._limiter(cfg), clock=clock)
         self.park = (ParkAndReplay(name, ports.parking, self.breaker, cfg.buffer)
                      if cfg.park and ports.parking is not None else None)
@@ -95,7 +99,9 @@ class DestinationShard:
                 max_batch=self.cfg.batch.max_records, deliver=self._deliver_parked,
                 on_drained=self.intake.wakeup.set, stopping=lambda: self._closing)))
 
-    def _limiter(self, cfg: Destination) -> TokenBucket | None:
+    def _limiter(self, cfg: Destination) -> Any:
+        if self._make_limiter is not None:
+            return self._make_limiter(cfg)
         return TokenBucket(cfg.rate_limit.per_second, cfg.rate_limit.burst, self._clock) if cfg.rate_limit else None
 
     async def reconfigure(self, cfg: Destination) -> None:
