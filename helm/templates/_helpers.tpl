@@ -113,3 +113,20 @@ there), the bundled NATS's URL and the mounted credentials file.
 {{- end }}
 {{- toJson $params }}
 {{- end }}
+
+{{- define "peak-router.rayAuthSecret" -}}
+{{- .Values.ray.auth.existingSecret | default (printf "%s-ray-auth" (include "peak-router.fullname" .)) }}
+{{- end }}
+
+{{/* Ray token authentication: the same token for every Ray process and the driver. */}}
+{{- define "peak-router.rayAuthEnv" -}}
+{{- if .Values.ray.auth.enabled }}
+- name: RAY_AUTH_MODE
+  value: token
+- name: RAY_AUTH_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "peak-router.rayAuthSecret" . }}
+      key: token
+{{- end }}
+{{- end }}
