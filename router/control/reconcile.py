@@ -16,7 +16,8 @@ looked up in what the router keeps:
 
 Duplicates (the same key published again) are one event: counts are of unique keys per
 destination and type. With ``destination_keys`` (the keys the destination says it holds), the
-delivered keys it does not hold are listed too.
+delivered keys it does not hold are listed too. Routing uses the config's route table as it is
+now; events of a window in which the table changed are judged by it.
 
 It disturbs nothing: every stream is read through an ephemeral consumer with no acks, in memory,
 that the server removes when idle (the park, a work queue, by direct gets, since a work queue
@@ -46,10 +47,10 @@ from router.config import Config
 from router.delivery.dedup_index import key_hash
 from router.ingest.routing import RouteTable, wildcard_match
 from router.jetstream.dead_letters import H
-from router.wire import IDEMPOTENCY_KEY, journal_subject
+from router.wire import IDEMPOTENCY_KEY, JOURNAL_SHARD_HASHES, journal_subject
 
-__all__ = ["OUTCOMES", "KeySet", "ReconcileReport", "ReconcileRequest", "UniqueCounter", "read_key_file",
-           "reconcile"]
+__all__ = ["OUTCOMES", "CannotKnow", "Entry", "KeySet", "ReconcileReport", "ReconcileRequest", "UniqueCounter",
+           "format_report", "read_key_file", "reconcile"]
 
 DELIVERED, PARKED, DEAD_LETTERED, IN_FLIGHT, UNKNOWN, UNACCOUNTED = range(6)
 OUTCOMES = ("delivered", "parked", "dead_lettered", "in_flight", "unknown", "unaccounted")
@@ -211,6 +212,14 @@ async def _stream_info(js: JetStreamContext, stream: str, subject: str | None = 
         return None
 
 
+def _journal_keys(m: Any) -> np.ndarray:
+    """The key hashes of one journal message (without the shard hashes some carry after them)."""
+    values = np.frombuffer(m.data, dtype=">u8")
+    if m.headers and m.headers.get(JOURNAL_SHARD_HASHES):
+        values = values[: len(values) // 2]
+    return values
+
+
 async def _read_journal(js: JetStreamContext, cfg: Config, dest: str) -> KeySet:
     subject = journal_subject(cfg.dedup.stream, dest)
     info = await _stream_info(js, cfg.dedup.stream, subject)
@@ -220,7 +229,7 @@ async def _read_journal(js: JetStreamContext, cfg: Config, dest: str) -> KeySet:
     sub = await _ephemeral(js, cfg.dedup.stream, subject, None)
     try:
         async for msgs in _drain(sub, info.state.last_seq):
-            chunks.extend(np.frombuffer(m.data, dtype=">u8") for m in msgs if m.data)
+            chunks.extend(_journal_keys(m) for m in msgs if m.data)
     finally:
         await sub.unsubscribe()
     return KeySet.from_chunks(chunks)
