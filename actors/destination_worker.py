@@ -23,7 +23,10 @@ from router.delivery.stats import DestinationStats, SubmitResult
 from router.jetstream.connection import connect
 from router.jetstream.parking import ParkingLot
 from router.record_batch import RecordBatch
+from router.policies.rate_limit import TokenBucket
+from router.policies.shared_limits import LeasedTokenBucket, SharedLimitsClient, SharedRetryAfterGate, lease_size
 from router.sinks import SINK_KINDS
+from router.actors.destination_limits import RayLimits
 
 __all__ = ["DestinationWorker"]
 
@@ -32,8 +35,12 @@ log = logging.getLogger(__name__)
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class DestinationWorker:
-    def __init__(self, cfg: Config, destination: str, shard: int, revision: int = 0) -> None:
+    def __init__(self, cfg: Config, destination: str, shard: int, revision: int = 0, limits: Any = None) -> None:
         self.cfg = cfg
+        # The destination's ``DestinationLimits`` actor when its rate limit or Retry-After is
+        # shared by the pool (``scope: destination``); none: each shard keeps its own.
+        self._limits_actor = limits
+        self.limits = SharedLimitsClient(RayLimits(limits), None) if limits is not None else None
         self.name = destination
         self.dest = cfg.destinations[destination]
         self.shard = shard
@@ -59,10 +66,23 @@ class DestinationWorker:
                 await sink.start()
                 dlq = DeadLetterPublisher(js, cfg.dead_letter.stream, cfg.dead_letter.subject_prefix)
                 parking = ParkingLot(self._nc, cfg.parking.stream, cfg.parking.subject_prefix, self.name, shard)
-                started = DestinationShard(self.name, dest, ShardPorts(sink, journal, dlq, parking), index)
+                gate = (SharedRetryAfterGate(self.limits)
+                        if self.limits is not None and dest.retry_after_scope == "destination" else None)
+                started = DestinationShard(self.name, dest, ShardPorts(sink, journal, dlq, parking), index,
+                                           gate=gate, make_limiter=self._limiter)
                 await started.start()
                 self._shard = started
         return self._shard
+
+    def _limiter(self, dest: Any) -> Any:
+        """The shard's rate limiter: leases from the pool's bucket, or a bucket of its own."""
+        rate = dest.rate_limit
+        if rate is None:
+            return None
+        if rate.scope == "destination" and self.limits is not None:
+            self.limits.lease_size = lease_size(rate.per_second)
+            return LeasedTokenBucket(self.limits)
+        return TokenBucket(rate.per_second, rate.burst)
 
     async def ready(self) -> int:
         """Start (load the dedup shard); returns how many keys it remembered."""
@@ -78,6 +98,9 @@ class DestinationWorker:
     async def reconfigure(self, dest: Any, revision: int) -> None:
         """New settings for this destination, applied in place (see ``DestinationShard.reconfigure``)."""
         self.dest, self.revision = dest, revision
+        if self.limits is not None and self.shard == 0:  # one shard retunes the pool's bucket
+            rate = dest.rate_limit
+            await self._limits_actor.configure.remote(rate.per_second if rate else None, rate.burst if rate else 1)
         if self._shard is not None:
             await self._shard.reconfigure(dest)
 

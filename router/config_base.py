@@ -8,7 +8,7 @@ A destination kind (``router/sinks/``) declares its own settings as a subclass o
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -107,6 +107,9 @@ class RetryConfig(Base):
 class RateLimitConfig(Base):
     per_second: Annotated[float, msgspec.Meta(gt=0)]  # requests per second
     burst: Annotated[int, msgspec.Meta(ge=1)] = 1  # requests allowed at once after an idle spell
+    # destination: the pool's shards together, on every node (a vendor quota is per API key);
+    # shard: each pool actor on its own (the pool sends up to pool_size x per_second)
+    scope: Literal["destination", "shard"] = "destination"
 
 
 class BufferConfig(Base):
@@ -143,7 +146,9 @@ class DestinationBase(Base, tag_field="kind"):
     batch: BatchConfig = BatchConfig()
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 8  # most requests in flight per pool actor
     adaptive_concurrency: bool = True  # AIMD between 1 and `concurrency` on latency and push-back
-    rate_limit: RateLimitConfig | None = None  # per pool actor
+    rate_limit: RateLimitConfig | None = None  # requests per second; its `scope` says for the pool or per actor
+    # a Retry-After answered to one pool actor pauses: the whole pool (destination) or that actor (shard)
+    retry_after_scope: Literal["destination", "shard"] = "destination"
     retry: RetryConfig = RetryConfig()
     buffer: BufferConfig = BufferConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
