@@ -91,6 +91,11 @@ class Source(Base):
     ingest_actors: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # ingest actors sharing the durable consumer
     ack_wait: Duration = 30.0  # the consumer's ack wait; in-flight work sends progress acks before it
     redelivery_delay: Duration = 2.0  # NAK delay when a destination could not take a record yet
+    # Ingest autoscaling by consumer lag: up to this many ingest actors (none: fixed at `ingest_actors`)
+    max_ingest_actors: Annotated[int, msgspec.Meta(ge=1, le=64)] | None = None
+    scale_up_pending: Annotated[int, msgspec.Meta(ge=1)] = 20_000  # lag (messages pending) per actor that adds one
+    scale_down_pending: Annotated[int, msgspec.Meta(ge=0)] = 1_000  # lag per actor below which one is removed
+    scale_hold: Duration = 15.0  # how long the lag must stay past a threshold before a change
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,10 +178,25 @@ class RayConfig(Base):
     address: str | None = None  # an existing cluster (`auto`, `ray://...`); none: start a local Ray
     namespace: Name = "router"
     object_store_memory: ByteSize | None = None  # local Ray only
+class ActorPlacement(Base):
+    """What one actor reserves on its node, and how actors of one kind are spread over nodes."""
+
+    num_cpus: Annotated[float, msgspec.Meta(ge=0)] | None = None  # none: `ROUTER_ACTOR_CPUS`, else 0
+    memory: ByteSize | None = None  # reserved memory; Ray places the actor only where it fits
+    resources: dict[str, Annotated[float, msgspec.Meta(gt=0)]] = {}  # custom node resources, e.g. `{ingest-node: 0.1}`
+    spread: bool = True  # Ray's SPREAD strategy: the actors of one kind land on different nodes where they can
+
+
+class PlacementConfig(Base):
+    ingest: ActorPlacement = ActorPlacement()  # each ingest actor
+    sink: ActorPlacement = ActorPlacement()  # each sink actor (one per destination shard)
+
+
 
 
 class Config(Base):
     sources: Annotated[list[Source], msgspec.Meta(min_length=1)]
+    placement: PlacementConfig = PlacementConfig()  # what the actors reserve and how they spread over nodes
     destinations: Annotated[dict[Name, DestinationConfig], msgspec.Meta(min_length=1)]
     routes: list[Route] | str  # the routes, or a path (relative to this file) to a routes YAML file
     on_unrouted: Literal["dead_letter", "drop"] = "dead_letter"  # an event no route matches
@@ -310,6 +330,13 @@ def parse_section(raw: Any, tp: Any, file: str = "<config>", path: str = "") -> 
     return _convert(raw, tp, file, path)
 
 
+        if src.max_ingest_actors is not None:
+            if src.max_ingest_actors < src.ingest_actors:
+                raise ConfigError(file, f"sources[{i}].max_ingest_actors",
+                                  f"{src.max_ingest_actors} is below ingest_actors ({src.ingest_actors}), the minimum")
+            if src.scale_down_pending >= src.scale_up_pending:
+                raise ConfigError(file, f"sources[{i}].scale_down_pending",
+                                  f"must be below scale_up_pending ({src.scale_up_pending}), or the count would flap")
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read, validate and resolve a config file; raises ConfigError naming file, key and expectation."""
     p = Path(path)

@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["ACTOR_CPUS_ENV", "CREDENTIALS_CONTENT_ENV", "actor_env", "actor_options", "secret_env_names"]
+__all__ = ["ACTOR_CPUS_ENV", "CREDENTIALS_CONTENT_ENV", "actor_env", "actor_options", "placement_options",
+           "secret_env_names"]
 
 CREDENTIALS_CONTENT_ENV = "ROUTER_NATS_CREDENTIALS"
 ACTOR_CPUS_ENV = "ROUTER_ACTOR_CPUS"
@@ -57,7 +58,7 @@ def actor_env(cfg: Any, environ: dict[str, str] | None = None) -> dict[str, str]
     return env
 
 
-def actor_options(cfg: Any, environ: dict[str, str] | None = None) -> dict[str, Any]:
+def actor_options(cfg: Any, environ: dict[str, str] | None = None, kind: str | None = None) -> dict[str, Any]:
     """Keyword arguments for an actor's ``.options(...)``: its ``runtime_env`` when there is
     something to hand over, nothing otherwise (a config without secrets starts actors as before).
 
@@ -68,7 +69,7 @@ def actor_options(cfg: Any, environ: dict[str, str] | None = None) -> dict[str, 
     """
     environ = os.environ if environ is None else environ
     options: dict[str, Any] = {}
-    env = actor_env(cfg, environ)
+    env = {}
     if env:
         options["runtime_env"] = {"env_vars": env}
     cpus = environ.get(ACTOR_CPUS_ENV)

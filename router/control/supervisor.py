@@ -23,11 +23,13 @@ import msgspec
 import ray
 
 from router.actors import DestinationWorker, IngestActor
+from router.actors.destination_limits import DestinationLimits
 from router.actors.ingest import IngestStats
 
 from router.config import Config, ConfigError, load_config
 from router.control.reload import Change, compare, decode_live, encode_live, live_part, with_live
 from router.control.actor_env import actor_options
+from router.control.ingest_autoscale import IngestScaler
 from router.delivery.stats import DestinationStats
 from router.jetstream.streams import ensure_router_streams, ensure_source
 from router.jetstream.connection import connect
@@ -115,7 +117,11 @@ class Supervisor:
         self.workers: dict[str, list[Any]] = {}
         self.names: dict[str, list[str]] = {}  # destination -> its sink actors' names, by shard
         self.ingest: list[tuple[str, Any]] = []
-        self._runs: dict[int, asyncio.Task] = {}
+        self._runs: dict[str, asyncio.Task] = {}  # ingest actor name -> its keep-running loop
+        self.limits: dict[str, Any] = {}  # destination -> its DestinationLimits actor (pools of 2 or more)
+        self._ingest_serial = 0  # ingest actor names stay unique as autoscaling adds and removes them
+        self._autoscaler: asyncio.Task | None = None
+        self._ingest_names: dict[str, tuple[str, Any]] = {}  # ingest actor name -> (source, actor)
         self._stopping = False
         self.run_id = uuid.uuid4().hex[:8]  # actor names are unique per Ray namespace
         self._generation = 0  # a rebuilt destination's new sink actors get new names
@@ -141,14 +147,12 @@ class Supervisor:
         init_ray(cfg)
         # Fail at start-up, not at the first record, if a sink actor cannot load its dedup shard.
         await self._start_sinks(cfg, list(cfg.destinations))
-        secrets = actor_options(cfg)
-        self.ingest = [
-            (src.name, IngestActor.options(name=f"router-{self.run_id}-ingest-{src.name}-{i}", **secrets)
-             .remote(cfg, src.name, self.names, i, self.revision))
-            for src in cfg.sources for i in range(src.ingest_actors)
-        ]
-        for i, (name, actor) in enumerate(self.ingest):
-            self._runs[i] = asyncio.get_running_loop().create_task(self._keep_running(name, actor))
+        for src in cfg.sources:
+            for _ in range(src.ingest_actors):
+                self._add_ingest(src.name)
+        scalers = {src.name: s for src in cfg.sources if (s := IngestScaler.for_source(src)) is not None}
+        if scalers:
+            self._autoscaler = asyncio.get_running_loop().create_task(self._autoscale(scalers))
         if self._watch_revisions:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
@@ -156,11 +160,12 @@ class Supervisor:
         """Start the sink actors of these destinations and wait until each has loaded its dedup shard."""
         self._generation += 1
         # Secrets the config names reach the actors on whichever node Ray places them.
-        secrets = actor_options(cfg)
+        secrets = actor_options(cfg, kind="sink")
         for dest in destinations:
             self.names[dest] = [f"router-{self.run_id}-sink-{dest}-g{self._generation}-{shard}"
-                                for shard in range(cfg.destinations[dest].pool_size)]
-            self.workers[dest] = [DestinationWorker.options(name=n, **secrets).remote(cfg, dest, shard, self.revision)
+                                for shard in range(d.pool_size)]
+            self.workers[dest] = [DestinationWorker.options(name=n, **secrets).remote(cfg, dest, shard, self.revision,
+                                                                                      limits)
                                   for shard, n in enumerate(self.names[dest])]
         await asyncio.gather(*(w.ready.remote() for dest in destinations for w in self.workers[dest]))
 
@@ -170,9 +175,16 @@ class Supervisor:
         for dest in destinations:
             self.names.pop(dest, None)
         await asyncio.gather(*(w.close.remote() for w in workers), return_exceptions=True)
-        for w in workers:
+        for w in workers + [self.limits.pop(d) for d in destinations if d in self.limits]:
             ray.kill(w, no_restart=True)
 
+            d = cfg.destinations[dest]
+            limits = None
+            if d.pool_size > 1:  # one bucket and one Retry-After for the whole pool, wherever its shards run
+                rate = d.rate_limit
+                limits = self.limits[dest] = DestinationLimits.options(
+                    name=f"router-{self.run_id}-limits-{dest}-g{self._generation}",
+                    **actor_options(cfg)).remote(rate.per_second if rate else None, rate.burst if rate else 1)
     # -- live config --------------------------------------------------------------------------------
 
     def _store(self, js: Any) -> RevisionStore:
@@ -346,6 +358,69 @@ class Supervisor:
         finally:
             for _, a in self.ingest:
                 ray.kill(a, no_restart=True)
-            for ws in self.workers.values():
+            for ws in [*self.workers.values(), self.limits.values()]:
                 for w in ws:
                     ray.kill(w, no_restart=True)
+        if self._autoscaler is not None:
+            self._autoscaler.cancel()
+            await asyncio.gather(self._autoscaler, return_exceptions=True)
+
+    # -- ingest actors: placement and autoscaling -----------------------------------------------------
+
+    def _add_ingest(self, source: str) -> None:
+        """Start one more ingest actor on ``source`` (it shares the durable consumer) and its loop."""
+        self._ingest_serial += 1
+        name = f"router-{self.run_id}-ingest-{source}-{self._ingest_serial}"
+        actor = IngestActor.options(name=name, **actor_options(self.cfg, kind="ingest")).remote(
+            self.cfg, source, self.names, self._ingest_serial - 1, self.revision)
+        self.ingest = [*self.ingest, (source, actor)]  # a new list: a stats call in progress keeps its own
+        self._ingest_names[name] = (source, actor)
+        self._runs[name] = asyncio.get_running_loop().create_task(self._keep_running(source, actor))
+
+    async def _remove_ingest(self, source: str) -> None:
+        """Stop the source's newest ingest actor: it stops fetching and sees its open batches through."""
+        name = next((n for n, (src, _) in reversed(self._ingest_names.items()) if src == source), None)
+        if name is None:
+            return
+        _, actor = self._ingest_names.pop(name)
+        self.ingest = [e for e in self.ingest if e[1] is not actor]
+        await actor.stop.remote()
+        await asyncio.gather(self._runs.pop(name), return_exceptions=True)
+        ray.kill(actor, no_restart=True)
+
+    async def _autoscale(self, scalers: dict[str, IngestScaler], every: float = 2.0) -> None:
+        """Each poll, per autoscaled source: its consumer's lag -> add or remove an ingest actor."""
+        loop = asyncio.get_running_loop()
+        sources = {s.name: s for s in self.cfg.sources}
+        while not self._stopping:
+            try:
+                nc = await connect(self.cfg.nats, "router-ingest-autoscale")
+                try:
+                    js = nc.jetstream()
+                    while not self._stopping:
+                        for name, scaler in scalers.items():
+                            src = sources[name]
+                            pending = (await js.consumer_info(src.stream, src.durable)).num_pending
+                            actors = sum(1 for s, _ in self.ingest if s == name)
+                            step = scaler.decide(pending, actors, loop.time())
+                            if step:
+                                await self._scale_ingest(name, step, pending, actors)
+                        await asyncio.sleep(every)
+                finally:
+                    await nc.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("ingest autoscaling: reading consumer lag failed (%s); retrying in 5s", exc)
+                await asyncio.sleep(5.0)
+
+    async def _scale_ingest(self, source: str, step: int, pending: int, actors: int) -> None:
+        async with self._apply_lock:  # a new actor starts with the revision running, not one half applied
+            if self._stopping:
+                return
+            log.info("ingest autoscaling: source %s has %d messages pending on %d ingest actors: %s one",
+                        source, pending, actors, "adding" if step > 0 else "removing")
+            if step > 0:
+                self._add_ingest(source)
+            else:
+                await self._remove_ingest(source)

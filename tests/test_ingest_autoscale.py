@@ -1,0 +1,74 @@
+"""Ingest autoscaling by consumer lag: the decision, in simulated time (one poll every 2 s)."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.config import ConfigError, parse_config
+from router.control.demo import demo_config_dict
+from router.control.ingest_autoscale import IngestScaler
+
+POLL = 2.0
+
+
+def _run(scaler: IngestScaler, lag_at, seconds: float, actors: int) -> list[tuple[float, int]]:
+    """Poll for ``seconds``; ``lag_at(t, actors)`` is the consumer's pending count. Returns the changes."""
+    changes = []
+    t = 0.0
+    while t <= seconds:
+        step = scaler.decide(lag_at(t, actors), actors, t)
+        if step:
+            actors += step
+            changes.append((t, actors))
+        t += POLL
+    return changes
+
+
+def test_a_lasting_backlog_adds_actors_one_hold_at_a_time_up_to_the_maximum():
+    scaler = IngestScaler(minimum=1, maximum=3, up_pending=1000, down_pending=100, hold=10.0)
+    changes = _run(scaler, lambda t, n: 50_000, 60.0, actors=1)
+    # One more after 10 s above, the next after another full hold, then none past the maximum.
+    assert changes == [(10.0, 2), (20.0, 3)]
+
+
+def test_a_short_spike_changes_nothing():
+    scaler = IngestScaler(minimum=1, maximum=4, up_pending=1000, down_pending=100, hold=10.0)
+    spike = lambda t, n: 50_000 if 10 <= t < 18 else 500  # noqa: E731 - 8 s above, shorter than the hold
+    assert _run(scaler, spike, 60.0, actors=1) == []
+
+
+def test_caught_up_removes_actors_down_to_the_minimum_and_the_band_between_holds_still():
+    scaler = IngestScaler(minimum=2, maximum=6, up_pending=1000, down_pending=100, hold=10.0)
+    assert _run(scaler, lambda t, n: 0, 60.0, actors=5) == [(10.0, 4), (20.0, 3), (30.0, 2)]
+    # Between the two thresholds (per actor): no change either way, however long.
+    scaler = IngestScaler(minimum=1, maximum=6, up_pending=1000, down_pending=100, hold=10.0)
+    assert _run(scaler, lambda t, n: 500 * n, 120.0, actors=3) == []
+
+
+def test_lag_per_actor_decides_so_the_count_settles_instead_of_flapping():
+    """A backlog that 3 actors keep below the threshold and 2 do not: it settles at 3."""
+    scaler = IngestScaler(minimum=1, maximum=8, up_pending=1000, down_pending=100, hold=6.0)
+    lag = lambda t, n: 2500 if n < 3 else 600 * n  # noqa: E731 - per actor: 2500, 1250, 600
+    changes = _run(scaler, lag, 200.0, actors=1)
+    assert changes == [(6.0, 2), (12.0, 3)]
+
+
+def test_a_dip_resets_the_hold():
+    scaler = IngestScaler(minimum=1, maximum=4, up_pending=1000, down_pending=100, hold=10.0)
+    lag = lambda t, n: 500 if t == 8.0 else 50_000  # noqa: E731 - one poll below the threshold
+    assert _run(scaler, lag, 28.0, actors=1) == [(20.0, 2)]  # 10 s after the dip, not 10 s after 0
+
+
+def test_fixed_sources_have_no_scaler_and_bad_bounds_are_refused():
+    raw = demo_config_dict("nats://x:4222", "http://x")
+    cfg = parse_config(raw, "<t>")
+    assert all(IngestScaler.for_source(s) is None for s in cfg.sources)
+    raw["sources"][0].update(ingest_actors=2, max_ingest_actors=4, scale_up_pending=5000, scale_down_pending=50)
+    scaler = IngestScaler.for_source(parse_config(raw, "<t>").sources[0])
+    assert (scaler.minimum, scaler.maximum, scaler.up_pending, scaler.down_pending) == (2, 4, 5000, 50)
+    raw["sources"][0]["max_ingest_actors"] = 1
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.max_ingest_actors: 1 is below ingest_actors"):
+        parse_config(raw, "<t>")
+    raw["sources"][0].update(max_ingest_actors=4, scale_down_pending=5000)
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.scale_down_pending: must be below scale_up_pending"):
+        parse_config(raw, "<t>")
