@@ -22,8 +22,9 @@ from router.config import Config
 from router.jetstream.dead_letters import DeadLetterPublisher
 from router.ingest.plan import IngestPlanner
 from router.jetstream.connection import connect
-from router.jetstream.pull_consumer import PullConsumer, stream_seq
+from router.jetstream.pull_consumer import PullConsumer, published_ns, stream_seq
 from router.ingest.routing import RouteTable
+from router.slo import WorkflowTagger, parse_slos
 
 __all__ = ["IngestActor", "IngestStats"]
 
@@ -62,8 +63,9 @@ class IngestActor:
     def _use(self, cfg: Config, sink_actor_names: dict[str, list[str]], revision: int) -> None:
         # By name, not by handle: a restarted ingest actor finds the sink actors again by itself.
         workers = {d: [ray.get_actor(n) for n in names] for d, names in sink_actor_names.items()}
+        slos = parse_slos(cfg.slo, list(cfg.destinations), lambda path, msg: ValueError(f"{path}: {msg}"))
         planner = IngestPlanner(self.src.name, RouteTable(cfg.route_list), {d: len(ws) for d, ws in workers.items()},
-                                revision)
+                                revision, WorkflowTagger(slos))
         # One assignment each, between two batches: a batch is planned and sent with one table.
         self.cfg, self.workers, self.planner = cfg, workers, planner
         self.stats_.routes_revision = revision
@@ -162,15 +164,16 @@ class IngestActor:
 
     async def _route_and_settle(self, msgs: list[Any], dlq: DeadLetterPublisher) -> None:
         seqs = [stream_seq(m.reply) for m in msgs]
+        published = [published_ns(m.reply) for m in msgs]
         planner, workers = self.planner, self.workers  # one revision for the whole batch
         try:
-            plan = planner.plan(msgs, seqs)
+            plan = planner.plan(msgs, seqs, published)
         except Exception:
             # The planner rejects failing messages itself; should it still raise, find the message
             # at fault one by one (slow, but only for this batch) instead of losing the batch.
             log.exception("ingest %s: planning a batch of %d failed; planning message by message",
                           self.src.name, len(msgs))
-            plan = planner.plan_each(msgs, seqs)
+            plan = planner.plan_each(msgs, seqs, published)
         failed: set[int] = set()
 
         rejected = list(plan.rejected)

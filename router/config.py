@@ -19,6 +19,7 @@ from router.config_base import (AuthConfig, Base, BatchConfig, BufferConfig, Byt
                                 DestinationBase, Duration, Name, RateLimitConfig, RetryConfig, Subject, dec_hook,
                                 schema_hook)
 from router.sinks import SINK_KINDS, DestinationConfig
+from router.slo import parse_slos
 
 # A destination's settings: one Struct per kind (``router/sinks/``), told apart by `kind`.
 Destination = DestinationConfig
@@ -90,12 +91,12 @@ class Source(Base):
     max_inflight_batches: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8  # fetched batches not yet acked
     ingest_actors: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # ingest actors sharing the durable consumer
     ack_wait: Duration = 30.0  # the consumer's ack wait; in-flight work sends progress acks before it
-    redelivery_delay: Duration = 2.0  # NAK delay when a destination could not take a record yet
     # Ingest autoscaling by consumer lag: up to this many ingest actors (none: fixed at `ingest_actors`)
     max_ingest_actors: Annotated[int, msgspec.Meta(ge=1, le=64)] | None = None
     scale_up_pending: Annotated[int, msgspec.Meta(ge=1)] = 20_000  # lag (messages pending) per actor that adds one
     scale_down_pending: Annotated[int, msgspec.Meta(ge=0)] = 1_000  # lag per actor below which one is removed
     scale_hold: Duration = 15.0  # how long the lag must stay past a threshold before a change
+    redelivery_delay: Duration = 2.0  # NAK delay when a destination could not take a record yet
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +178,6 @@ class LiveConfigSettings(Base):
 class RayConfig(Base):
     address: str | None = None  # an existing cluster (`auto`, `ray://...`); none: start a local Ray
     namespace: Name = "router"
-    object_store_memory: ByteSize | None = None  # local Ray only
 class ActorPlacement(Base):
     """What one actor reserves on its node, and how actors of one kind are spread over nodes."""
 
@@ -192,11 +192,12 @@ class PlacementConfig(Base):
     sink: ActorPlacement = ActorPlacement()  # each sink actor (one per destination shard)
 
 
+    object_store_memory: ByteSize | None = None  # local Ray only
 
 
 class Config(Base):
-    sources: Annotated[list[Source], msgspec.Meta(min_length=1)]
     placement: PlacementConfig = PlacementConfig()  # what the actors reserve and how they spread over nodes
+    sources: Annotated[list[Source], msgspec.Meta(min_length=1)]
     destinations: Annotated[dict[Name, DestinationConfig], msgspec.Meta(min_length=1)]
     routes: list[Route] | str  # the routes, or a path (relative to this file) to a routes YAML file
     on_unrouted: Literal["dead_letter", "drop"] = "dead_letter"  # an event no route matches
@@ -207,6 +208,8 @@ class Config(Base):
     metrics: MetricsConfig = MetricsConfig()
     ray: RayConfig = RayConfig()
     live: LiveConfigSettings = LiveConfigSettings()
+    # Per-workflow latency SLOs, `"<event type pattern> -> <destination>": <duration>` (router/slo.py).
+    slo: dict[str, Duration] = {}
 
     @property
     def route_list(self) -> list[Route]:
@@ -285,6 +288,7 @@ def parse_config(raw: Any, file: str = "<config>", base_dir: Path | None = None)
         _parse_routes(routes_raw, file, "routes")
     cfg: Config = _convert(raw, Config, file, "")
     check_references(cfg, file, routes_file)
+    parse_slos(cfg.slo, list(cfg.destinations), lambda path, msg: ConfigError(file, path, msg))
     return cfg
 
 
@@ -326,10 +330,6 @@ def check_references(cfg: Config, file: str, routes_file: str) -> None:
 
 
 def parse_section(raw: Any, tp: Any, file: str = "<config>", path: str = "") -> Any:
-    """Validate one part of a config (a destination, a source) on its own."""
-    return _convert(raw, tp, file, path)
-
-
         if src.max_ingest_actors is not None:
             if src.max_ingest_actors < src.ingest_actors:
                 raise ConfigError(file, f"sources[{i}].max_ingest_actors",
@@ -337,6 +337,10 @@ def parse_section(raw: Any, tp: Any, file: str = "<config>", path: str = "") -> 
             if src.scale_down_pending >= src.scale_up_pending:
                 raise ConfigError(file, f"sources[{i}].scale_down_pending",
                                   f"must be below scale_up_pending ({src.scale_up_pending}), or the count would flap")
+    """Validate one part of a config (a destination, a source) on its own."""
+    return _convert(raw, tp, file, path)
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read, validate and resolve a config file; raises ConfigError naming file, key and expectation."""
     p = Path(path)

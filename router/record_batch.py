@@ -19,11 +19,19 @@ class RecordBatch(msgspec.Struct, array_like=True):
     payloads: list[bytes] = msgspec.field(default_factory=list)  # encoded records (JSON objects)
     origins: list[str] = msgspec.field(default_factory=list)  # "<source>/<stream seq>", for dead letters
     revision: int = 0  # the route table revision that routed every record here (0: unknown)
+    # JetStream publish time of each record's source message, ns since the epoch (0: unknown), for
+    # the end-to-end latency. Shorter than ``keys`` (e.g. empty) when the sender did not fill it.
+    published: list[int] = msgspec.field(default_factory=list)
+    # Only when the config has SLOs: each record's workflow, an index into ``workflows``
+    # ((name, SLO seconds)), or -1 for none; empty otherwise.
+    workflow: list[int] = msgspec.field(default_factory=list)
+    workflows: list[tuple[str, float]] = msgspec.field(default_factory=list)
 
-    def append(self, key: str, payload: bytes, origin: str) -> None:
+    def append(self, key: str, payload: bytes, origin: str, published: int = 0) -> None:
         self.keys.append(key)
         self.payloads.append(payload)
         self.origins.append(origin)
+        self.published.append(published)
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -68,10 +68,13 @@ def _protect_secrets(cfg: Any) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(_version(), "-V", "--version", prog_name="router")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def main(verbose: bool) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              envvar="ROUTER_LOG_FORMAT", help="json: one JSON object per line, with structured fields.")
+def main(verbose: bool, log_format: str) -> None:
     """Route retail events from NATS JetStream to ERP, marketplace and carrier destinations."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from router.control.logging_setup import setup_logging
+
+    setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
 
 
 @main.command()
@@ -106,6 +109,19 @@ def run(config_path: str, drain_timeout: float, watch: bool) -> None:
     except OSError as exc:
         _fail(f"cannot reach NATS at {cfg.nats.url}: {exc}. Is nats-server running? "
               "(`router demo` starts an embedded one)", 3)
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:9464", show_default=True,
+              help="The router's metrics server (`metrics.host`:`metrics.port`).")
+@click.option("--once", is_flag=True, help="Print one view and exit.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table (with --once: one snapshot).")
+@click.option("--interval", type=DURATION, default="2s", show_default=True, help="Between refreshes (and the rate window).")
+def status(url: str, once: bool, as_json: bool, interval: float) -> None:
+    """A live view of a running router: rates, lag, breakers, parked and dead-lettered per destination."""
+    from router.control.status import run_status
+
+    sys.exit(run_status(url, once=once, as_json=as_json, interval=interval))
 
 
 @main.command()

@@ -17,11 +17,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from router.control.supervisor import RouterStats
+from router.histogram import Histogram
 
-__all__ = ["MetricsServer", "StatsCollector", "serve_metrics"]
+__all__ = ["exported_metric_names", "MetricsServer", "StatsCollector", "serve_metrics"]
 
 Readiness = Callable[[], "str | None"]  # None when ready, else why not
 
@@ -47,6 +48,14 @@ _DEST_GAUGES = {"queued": "records waiting for a batch", "in_flight_keys": "reco
                 "known_keys": "keys in the dedup window", "park_backlog": "parked records not yet replayed",
                 "concurrency_limit": "requests allowed in flight (adaptive)"}
 _BREAKER = {"closed": 0, "half_open": 1, "open": 2}
+# Every record that reached a destination shard ends in one of these (router_records_total{outcome}).
+_OUTCOMES = ("delivered", "duplicates", "parked", "replayed", "dead_lettered")
+_DEST_HISTOGRAMS = {
+    "latency": ("router_destination_latency_seconds",
+                "end-to-end latency: JetStream publish of the source message to the destination's ack"),
+    "request_seconds": ("router_destination_request_seconds", "one delivery request's round trip"),
+    "batch_records": ("router_destination_batch_records", "records per delivery request"),
+}
 
 
 class StatsCollector:
@@ -82,6 +91,67 @@ class StatsCollector:
         for name, d in st.destinations.items():
             g.add_metric([name], _BREAKER.get(d.breaker_state, 0))
         yield g
+        yield from _overview(st)
+
+
+def _histogram(name: str, doc: str, labels: list[str], series: list[tuple[list[str], Histogram]]) -> Metric:
+    m = HistogramMetricFamily(name, doc, labels=labels)
+    for values, h in series:
+        m.add_metric(values, h.cumulative(), h.sum)
+    return m
+
+
+def _overview(st: RouterStats) -> Iterator[Metric]:
+    """The figures an SRE reads first: outcomes, latency, lag, per workflow SLOs, the router itself."""
+    m = CounterMetricFamily("router_records", "records per destination by outcome "
+                            "(delivered, duplicates, parked, replayed, dead_lettered)", labels=["destination", "outcome"])
+    for name, d in st.destinations.items():
+        for outcome in _OUTCOMES:
+            m.add_metric([name, outcome], getattr(d, outcome))
+    yield m
+    for field, (metric, doc) in _DEST_HISTOGRAMS.items():
+        yield _histogram(metric, doc, ["destination"], [([n], getattr(d, field)) for n, d in st.destinations.items()])
+    for field, metric, doc in (
+            ("consumer_pending", "router_source_consumer_pending", "stream messages the durable consumer has not delivered yet (lag)"),
+            ("consumer_ack_pending", "router_source_consumer_ack_pending", "delivered to the router, not acked yet")):
+        g = GaugeMetricFamily(metric, doc, labels=["source"])
+        for name, v in getattr(st, field).items():
+            g.add_metric([name], v)
+        yield g
+    slos = [(w, dest, h, d.workflow_within.get(w, 0)) for dest, d in st.destinations.items()
+            for w, h in d.workflow_latency.items()]
+    yield _histogram("router_workflow_latency_seconds", "end-to-end latency per workflow with an SLO",
+                     ["workflow", "destination"], [([w, dest], h) for w, dest, h, _ in slos])
+    g = GaugeMetricFamily("router_workflow_slo_within_ratio", "share of the workflow's records delivered within its SLO",
+                          labels=["workflow", "destination"])
+    for w, dest, h, within in slos:
+        g.add_metric([w, dest], within / h.count if h.count else 1.0)
+    yield g
+    c = CounterMetricFamily("router_workflow_slo_breaches", "records delivered later than their workflow's SLO",
+                            labels=["workflow", "destination"])
+    for w, dest, h, within in slos:
+        c.add_metric([w, dest], h.count - within)
+    yield c
+    yield GaugeMetricFamily("router_routes_revision", "the live config revision running", value=st.routes_revision)
+    yield CounterMetricFamily("router_reload_failures", "config revisions refused (the running one stayed)",
+                              value=st.reload_failures)
+    yield GaugeMetricFamily("router_actors_down", "actors that did not answer the last stats poll",
+                            value=len(st.actors_down))
+
+
+def exported_metric_names() -> set[str]:
+    """The series names ``/metrics`` exports (with ``_total``, ``_bucket``, ``_sum``, ``_count``)."""
+    from router.delivery.stats import DestinationStats
+    from router.actors.ingest import IngestStats
+
+    st = RouterStats({"s": IngestStats()}, {"d": DestinationStats(workflow_latency={"w": Histogram()})},
+                     consumer_pending={"s": 0}, consumer_ack_pending={"s": 0})
+    collector = StatsCollector()
+    collector.latest = st
+    names = set()
+    for metric in collector.collect():
+        names.update(sample.name for sample in metric.samples)
+    return names
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import ray
 
@@ -17,7 +17,7 @@ from router.control.signals import on_signals, on_stop_signals
 from router.control.supervisor import RouterStats, Supervisor
 from router.jetstream.connection import connect
 
-__all__ = ["Readiness", "run_service", "status_line"]
+__all__ = ["Readiness", "consumer_lag", "poll_stats", "run_service", "status_line"]
 
 log = logging.getLogger("router")
 
@@ -77,6 +77,7 @@ class Readiness:
         self.nc = None  # the driver's own NATS connection; it reconnects like every other
         self.started = False
         self.draining = False
+        self.actors_down: list[str] = []  # from the last stats poll
 
     def __call__(self) -> str | None:
         if self.draining:
@@ -85,7 +86,33 @@ class Readiness:
             return "starting: routes and actors not up yet"
         if not self.nc.is_connected:
             return "NATS not connected (reconnecting)"
+        if self.actors_down:
+            return f"actors not answering (dead or restarting): {', '.join(self.actors_down)}"
         return None
+
+
+async def poll_stats(sup: Supervisor, cfg: Config, ready: Readiness, server: MetricsServer | None) -> RouterStats:
+    """One round of the driver's poll: every actor's stats (merged), the consumers' lag; what
+    ``/metrics`` and ``/readyz`` answer from until the next round."""
+    st = await sup.stats()
+    ready.actors_down = st.actors_down
+    if server:
+        await consumer_lag(ready.nc, cfg, st)
+        server.collector.latest = st
+    return st
+
+
+async def consumer_lag(nc: Any, cfg: Config, st: RouterStats) -> None:
+    """Fill in each source's consumer pending / ack-pending (one consumer info call per source);
+    a source whose info cannot be read now is left out rather than reported as zero."""
+    js = nc.jetstream()
+    for src in cfg.sources:
+        try:
+            info = await js.consumer_info(src.stream, src.durable, timeout=2.0)
+        except Exception:  # noqa: BLE001 - NATS down or reconnecting: no figure this round
+            continue
+        st.consumer_pending[src.name] = info.num_pending or 0
+        st.consumer_ack_pending[src.name] = info.num_ack_pending or 0
 
 
 async def run_service(cfg: Config, status_every: float = 10.0, drain_timeout: float = 60.0,
@@ -130,9 +157,7 @@ async def run_service(cfg: Config, status_every: float = 10.0, drain_timeout: fl
                 await asyncio.wait_for(stop.wait(), 2.0)
             except asyncio.TimeoutError:
                 pass
-            st = await sup.stats()
-            if server:
-                server.collector.latest = st
+            st = await poll_stats(sup, cfg, ready, server)
             if loop.time() - last_log >= status_every:
                 last_log = loop.time()
                 log.info("%s", status_line(st))

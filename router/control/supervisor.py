@@ -31,6 +31,7 @@ from router.control.reload import Change, compare, decode_live, encode_live, liv
 from router.control.actor_env import actor_options
 from router.control.ingest_autoscale import IngestScaler
 from router.delivery.stats import DestinationStats
+from router.histogram import Histogram, merge_into
 from router.jetstream.streams import ensure_router_streams, ensure_source
 from router.jetstream.connection import connect
 from router.jetstream.revisions import RevisionStore
@@ -46,6 +47,10 @@ class RouterStats(msgspec.Struct):
     routes_revision: int = 0  # the live config revision running
     reload_failures: int = 0  # revisions refused since start (the one running stayed)
     last_reload_error: str = ""
+    # Per source, from the durable consumer's info (the service fills them in; -1: not known)
+    consumer_pending: dict[str, int] = {}  # messages in the stream not yet delivered to the router
+    consumer_ack_pending: dict[str, int] = {}  # delivered, not yet acked
+    actors_down: list[str] = []  # actors that did not answer the last stats call (dead or restarting)
 
 
 def init_ray(cfg: Config) -> None:
@@ -100,6 +105,15 @@ def _sum_structs(items: list[Any], cls: type) -> Any:
             v = getattr(it, f)
             if f.endswith("_revision"):
                 setattr(out, f, v if n == 0 else min(v, getattr(out, f)))
+            elif isinstance(v, Histogram):
+                getattr(out, f).merge(v)
+            elif isinstance(v, dict):
+                merged = getattr(out, f)
+                for k, x in v.items():
+                    if isinstance(x, Histogram):
+                        merge_into(merged, {k: x})
+                    else:
+                        merged[k] = merged.get(k, 0) + x
             elif isinstance(v, int):
                 setattr(out, f, getattr(out, f) + v)
             elif f == "breaker_state" and _SEVERITY.get(v, 0) > _SEVERITY.get(getattr(out, f), 0):
@@ -132,6 +146,7 @@ class Supervisor:
         self._watcher: asyncio.Task | None = None
         self._watch_stop = asyncio.Event()
         self._apply_lock = asyncio.Lock()
+        self._last_stats: dict[str, Any] = {}  # actor -> its last answer to `stats` (see `_answer`)
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -162,6 +177,13 @@ class Supervisor:
         # Secrets the config names reach the actors on whichever node Ray places them.
         secrets = actor_options(cfg, kind="sink")
         for dest in destinations:
+            d = cfg.destinations[dest]
+            limits = None
+            if d.pool_size > 1:  # one bucket and one Retry-After for the whole pool, wherever its shards run
+                rate = d.rate_limit
+                limits = self.limits[dest] = DestinationLimits.options(
+                    name=f"router-{self.run_id}-limits-{dest}-g{self._generation}",
+                    **actor_options(cfg)).remote(rate.per_second if rate else None, rate.burst if rate else 1)
             self.names[dest] = [f"router-{self.run_id}-sink-{dest}-g{self._generation}-{shard}"
                                 for shard in range(d.pool_size)]
             self.workers[dest] = [DestinationWorker.options(name=n, **secrets).remote(cfg, dest, shard, self.revision,
@@ -178,13 +200,6 @@ class Supervisor:
         for w in workers + [self.limits.pop(d) for d in destinations if d in self.limits]:
             ray.kill(w, no_restart=True)
 
-            d = cfg.destinations[dest]
-            limits = None
-            if d.pool_size > 1:  # one bucket and one Retry-After for the whole pool, wherever its shards run
-                rate = d.rate_limit
-                limits = self.limits[dest] = DestinationLimits.options(
-                    name=f"router-{self.run_id}-limits-{dest}-g{self._generation}",
-                    **actor_options(cfg)).remote(rate.per_second if rate else None, rate.burst if rate else 1)
     # -- live config --------------------------------------------------------------------------------
 
     def _store(self, js: Any) -> RevisionStore:
@@ -230,7 +245,8 @@ class Supervisor:
         except ConfigError as exc:
             self.reload_failures += 1
             self.last_reload_error = str(exc)
-            log.error("live config: %s refused, revision %d keeps running: %s", path, self.revision, exc)
+            log.error("live config: %s refused, revision %d keeps running: %s", path, self.revision, exc,
+                      extra={"event": "reload_refused", "revision": self.revision, "reason": str(exc)})
             return None
         static = [k for k in _STATIC_SECTIONS if getattr(new, k) != getattr(self.cfg, k)]
         if static:
@@ -260,9 +276,11 @@ class Supervisor:
         except (ConfigError, RefusedChange) as exc:
             self.reload_failures += 1
             self.last_reload_error = str(exc)
-            log.error("live config: %s refused, revision %d keeps running: %s", where, self.revision, exc)
+            log.error("live config: %s refused, revision %d keeps running: %s", where, self.revision, exc,
+                      extra={"event": "reload_refused", "revision": self.revision, "reason": str(exc)})
             return False
-        log.info("live config: revision %d applied (%s)", number, change.describe())
+        log.info("live config: revision %d applied (%s)", number, change.describe(),
+                 extra={"event": "reload", "revision": number})
         return True
 
     async def apply(self, new: Config, revision: int) -> Change:
@@ -312,16 +330,31 @@ class Supervisor:
             except ray.exceptions.RayActorError as exc:
                 if self._stopping:
                     return
-                log.warning("ingest actor for %s died (%s); restarting its loop", source, str(exc).splitlines()[0])
+                log.warning("ingest actor for %s died (%s); restarting its loop", source, str(exc).splitlines()[0],
+                            extra={"event": "actor_restart", "source": source})
                 await asyncio.sleep(1.0)
             except Exception as exc:  # e.g. NATS unreachable when the loop started: say so, try again
                 if self._stopping:
                     return
-                log.error("ingest for %s stopped: %s; restarting it in 5s", source, str(exc).splitlines()[-1])
+                log.error("ingest for %s stopped: %s; restarting it in 5s", source, str(exc).splitlines()[-1],
+                          extra={"event": "actor_restart", "source": source})
                 await asyncio.sleep(5.0)
 
+    async def _answer(self, who: str, actor: Any, empty: Any, down: list[str]) -> Any:
+        """An actor's stats, or (when it does not answer within 5s: dead or restarting) its last
+        known ones, so the exported counters do not drop; ``who`` is added to ``down``."""
+        try:
+            st = await asyncio.wait_for(actor.stats.remote(), 5.0)
+        except Exception:  # noqa: BLE001 - any failure means: not answering
+            down.append(who)
+            return self._last_stats.get(who, empty)
+        self._last_stats[who] = st
+        return st
+
     async def stats(self) -> RouterStats:
-        ingest = await asyncio.gather(*(a.stats.remote() for _, a in self.ingest))
+        down: list[str] = []
+        ingest = await asyncio.gather(*(self._answer(f"ingest {name}#{i}", a, IngestStats(), down)
+                                        for i, (name, a) in enumerate(self.ingest)))
         per_source: dict[str, list[IngestStats]] = {}
         for (name, _), st in zip(self.ingest, ingest):
             per_source.setdefault(name, []).append(st)
@@ -332,18 +365,23 @@ class Supervisor:
             sources[name] = agg
         dests = {}
         for name, ws in list(self.workers.items()):
-            per_shard = await asyncio.gather(*(w.stats.remote() for w in ws))
+            per_shard = await asyncio.gather(*(self._answer(f"sink {name}#{i}", w, DestinationStats(), down)
+                                               for i, w in enumerate(ws)))
             behind = [w for w, s in zip(ws, per_shard) if s.config_revision < self.revision]
             if behind:  # Ray restarted them with the settings they were created with
                 await asyncio.gather(*(w.reconfigure.remote(self.cfg.destinations[name], self.revision)
                                        for w in behind))
             dests[name] = _sum_structs(per_shard, DestinationStats)
-        return RouterStats(sources, dests, self.revision, self.reload_failures, self.last_reload_error)
+        return RouterStats(sources, dests, self.revision, self.reload_failures, self.last_reload_error,
+                           actors_down=down)
 
     async def stop(self, timeout: float = 60.0) -> None:
         """Drain: stop fetching, see open batches through, deliver queued records, then stop actors."""
         self._stopping = True
         self._watch_stop.set()
+        if self._autoscaler is not None:
+            self._autoscaler.cancel()
+            await asyncio.gather(self._autoscaler, return_exceptions=True)
         try:
             if self._watcher is not None:
                 await asyncio.wait_for(asyncio.gather(self._watcher, return_exceptions=True), 5.0)
@@ -361,9 +399,6 @@ class Supervisor:
             for ws in [*self.workers.values(), self.limits.values()]:
                 for w in ws:
                     ray.kill(w, no_restart=True)
-        if self._autoscaler is not None:
-            self._autoscaler.cancel()
-            await asyncio.gather(self._autoscaler, return_exceptions=True)
 
     # -- ingest actors: placement and autoscaling -----------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from router.histogram import BATCH_RECORDS_BUCKETS, REQUEST_BUCKETS, Histogram
 from router.policies.adaptive_concurrency import AdaptiveConcurrency
 from router.policies.circuit_breaker import CircuitBreaker
 from router.policies.rate_limit import TokenBucket
@@ -41,6 +42,8 @@ class SendPolicy:
         self.limiter = limiter
         self._clock = clock
         self.requests = 0
+        self.request_seconds = Histogram(REQUEST_BUCKETS)  # each request's round trip, for /metrics
+        self.batch_records = Histogram(BATCH_RECORDS_BUCKETS)  # records per request
 
     async def attempt(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int, *,
                       respect_breaker: bool) -> Outcome | None:
@@ -56,7 +59,10 @@ class SendPolicy:
         self.requests += 1
         started = self._clock()
         outcome = await self.sink.send(batch_id, keys, payloads, revision)
-        self._learn(outcome, self._clock() - started)
+        rtt = self._clock() - started
+        self.request_seconds.observe(rtt)
+        self.batch_records.observe(len(keys))
+        self._learn(outcome, rtt)
         return outcome
 
     def _learn(self, outcome: Outcome, rtt: float) -> None:

@@ -25,6 +25,8 @@ import msgspec
 from router.config import Destination
 from router.delivery.dedup_index import DedupIndex, key_hash
 from router.delivery.intake import DEAD_LETTERED, DELIVERED, PARKED, Completion, Intake, PendingRecord
+from router.delivery.latency import LatencyRecorder
+from router.delivery.park_events import ParkEventLog
 from router.delivery.park_replay import ParkAndReplay
 from router.delivery.ports import DeadLetters, DedupJournal, ParkedRecord, Parking, Record, Sink
 from router.delivery.send_policy import (BREAKER_OPEN, DEAD_LETTER, DONE, GIVE_UP, PARK, RETRY, SPLIT,
@@ -76,7 +78,7 @@ class DestinationShard:
         self._clock = clock
         self._rand = rand
         self.intake = Intake(index, cfg.batch)
-        self.breaker = CircuitBreaker(cfg.circuit_breaker, clock)
+        self.breaker = CircuitBreaker(cfg.circuit_breaker, clock, on_change=self._breaker_changed)
         self.concurrency = AdaptiveConcurrency(cfg.concurrency, adaptive=cfg.adaptive_concurrency, clock=clock)
         self.policy = SendPolicy(ports.sink, retry=RetryPolicy(cfg.retry, rand), breaker=self.breaker,
                                  concurrency=self.concurrency, gate=gate or RetryAfterGate(clock),
@@ -84,6 +86,8 @@ class DestinationShard:
         self.park = (ParkAndReplay(name, ports.parking, self.breaker, cfg.buffer)
                      if cfg.park and ports.parking is not None else None)
         self.stats = DestinationStats()
+        self.latency = LatencyRecorder(name, self.stats)
+        self.park_events = ParkEventLog(name)
         self._sending: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
         self._closing = False
@@ -98,6 +102,12 @@ class DestinationShard:
                 read_size=lambda: self.cfg.batch.max_records * self.concurrency.current,
                 max_batch=self.cfg.batch.max_records, deliver=self._deliver_parked,
                 on_drained=self.intake.wakeup.set, stopping=lambda: self._closing)))
+
+    def _breaker_changed(self, old: str, new: str, reason: str) -> None:
+        log.log(logging.WARNING if new == "open" else logging.INFO, "%s: circuit breaker %s -> %s: %s",
+                self.name, old, new, reason,
+                extra={"event": "breaker", "destination": self.name, "from_state": old, "to_state": new,
+                       "reason": reason})
 
     def _limiter(self, cfg: Destination) -> Any:
         if self._make_limiter is not None:
@@ -128,6 +138,8 @@ class DestinationShard:
         s.parked = self.park.parked if self.park else 0
         s.requests, s.concurrency_limit = self.policy.requests, self.concurrency.current
         s.breaker_state, s.breaker_opened = self.breaker.state, self.breaker.opened_count
+        s.request_seconds, s.batch_records = self.policy.request_seconds, self.policy.batch_records
+        self.park_events.report(s, self.breaker)
         return msgspec.structs.replace(s)
 
     # -- intake -----------------------------------------------------------------------------------
@@ -149,6 +161,7 @@ class DestinationShard:
             await group.future
         if adm.waits_on:
             await asyncio.gather(*(g.future for g in adm.waits_on))
+        self.latency.observe(records, items)
         outcomes = [i.outcome for i in items]
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
@@ -330,5 +343,9 @@ class DestinationShard:
                    for i in batch]
         # The dead letter must be stored before the source is acked.
         await retry_until_done(lambda: dlq.publish(letters), f"{self.name}: dead-letter publish")
+        log.warning("%s: %d records dead-lettered: %s", self.name, len(batch), outcome.reason,
+                    extra={"event": "dead_letter", "destination": self.name, "count": len(batch),
+                           "reason": outcome.reason, "status": outcome.status, "idempotency_key": batch[0].key,
+                           "origin": batch[0].origin})
         self.stats.dead_lettered += len(batch)
         self.intake.settle(batch, DEAD_LETTERED)

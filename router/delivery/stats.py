@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from router.histogram import BATCH_RECORDS_BUCKETS, LATENCY_BUCKETS, REQUEST_BUCKETS, Histogram
 from router.policies.circuit_breaker import CLOSED
 
 __all__ = ["DestinationStats", "SubmitResult"]
@@ -33,3 +34,12 @@ class DestinationStats(msgspec.Struct):
     concurrency_limit: int = 0
     breaker_state: str = CLOSED
     config_revision: int = 0  # the live config revision whose settings this shard runs with
+    # JetStream publish time of a source message to the destination's ack of its record, seconds
+    # (records delivered while their source message was held; a replayed record is not in it).
+    latency: Histogram = msgspec.field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    request_seconds: Histogram = msgspec.field(default_factory=lambda: Histogram(REQUEST_BUCKETS))
+    batch_records: Histogram = msgspec.field(default_factory=lambda: Histogram(BATCH_RECORDS_BUCKETS))
+    # Per workflow with an SLO (``slo:`` in the config, e.g. ``order.* -> erp``): end-to-end
+    # latency, and how many of those records made it within the SLO.
+    workflow_latency: dict[str, Histogram] = msgspec.field(default_factory=dict)
+    workflow_within: dict[str, int] = msgspec.field(default_factory=dict)

@@ -20,6 +20,7 @@ from router.codecs import EventDecoder, InvalidEvent
 from router.delivery.dedup_index import key_hash
 from router.record_batch import RecordBatch
 from router.ingest.routing import RouteTable
+from router.slo import WorkflowTagger
 
 __all__ = ["BatchPlan", "IngestPlanner", "shard_of"]
 
@@ -48,16 +49,20 @@ class BatchPlan:
 
 
 class IngestPlanner:
-    def __init__(self, source: str, table: RouteTable, pool_sizes: dict[str, int], revision: int = 0) -> None:
+    def __init__(self, source: str, table: RouteTable, pool_sizes: dict[str, int], revision: int = 0,
+                 workflows: WorkflowTagger | None = None) -> None:
         self.source = source
+        self.workflows = workflows if workflows else None  # SLO workflows to tag records with, if any
         self.table = table
         self.revision = revision  # of the route table: every record planned here carries it
         self.pool_sizes = pool_sizes
         self.decoder = EventDecoder()
 
-    def plan(self, msgs: list[Any], seqs: list[int]) -> BatchPlan:
+    def plan(self, msgs: list[Any], seqs: list[int], published: list[int] | None = None) -> BatchPlan:
+        """``published``: each message's JetStream publish time (ns), carried for the latency metrics."""
         out = BatchPlan(self.revision)
         decode, targets, pools, source = self.decoder.decode, self.table.targets, self.pool_sizes, self.source
+        workflows = self.workflows
         for i, m in enumerate(msgs):
             try:
                 ev = decode(m.data, m.headers, m.subject)
@@ -81,19 +86,25 @@ class IngestPlanner:
             except Exception:
                 out.rejected.append((i, _encoder_failure(ev, routed)))
                 continue
+            at = published[i] if published else 0
             for dest, payload in encoded:
                 records, idx = out.work[(dest, shard_of(ev.idempotency_key, pools[dest]))]
-                records.append(ev.idempotency_key, payload, origin)
+                records.append(ev.idempotency_key, payload, origin, at)
                 idx.append(i)
+                if workflows is not None:
+                    records.workflow.append(workflows.index(ev.type, dest))
+        if workflows is not None:
+            for records, _ in out.work.values():
+                records.workflows = workflows.table
         return out
 
-    def plan_each(self, msgs: list[Any], seqs: list[int]) -> BatchPlan:
+    def plan_each(self, msgs: list[Any], seqs: list[int], published: list[int] | None = None) -> BatchPlan:
         """The slow path after ``plan`` raised for a whole batch: plan message by message, and
         reject the message(s) that make it raise, so the rest still go through."""
         out = BatchPlan(self.revision)
         for i, (m, seq) in enumerate(zip(msgs, seqs)):
             try:
-                one = self.plan([m], [seq])
+                one = self.plan([m], [seq], [published[i]] if published else None)
             except Exception as exc:
                 out.rejected.append((i, f"planning failed: {_describe(exc)}"))
                 continue
@@ -101,9 +112,11 @@ class IngestPlanner:
             out.unrouted.extend(i for _ in one.unrouted)
             for shard_key, (records, _) in one.work.items():
                 into, idx = out.work[shard_key]
-                for key, payload, origin in records:
-                    into.append(key, payload, origin)
+                for n, (key, payload, origin) in enumerate(records):
+                    into.append(key, payload, origin, records.published[n])
                     idx.append(i)
+                into.workflow.extend(records.workflow)
+                into.workflows = records.workflows
         return out
 
 

@@ -41,6 +41,14 @@ def delivery_count(reply: str) -> int:
     return int(_tokens(reply)[4])
 
 
+def published_ns(reply: str) -> int:
+    """When JetStream stored the message (ns since the epoch), from its ack subject; 0 if unreadable."""
+    try:
+        return int(_tokens(reply)[7])
+    except (IndexError, ValueError, AttributeError):
+        return 0
+
+
 class PullConsumer:
     def __init__(self, nc: Client, stream: str, durable: str) -> None:
         self._nc = nc

@@ -25,8 +25,10 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
 class CircuitBreaker:
-    def __init__(self, cfg: CircuitBreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, cfg: CircuitBreakerConfig, clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[str, str, str], None] | None = None) -> None:
         self.cfg = cfg
+        self.on_change = on_change  # (from, to, reason) on every transition, e.g. to log it
         self._clock = clock
         self._state = CLOSED
         self._calls: deque[tuple[float, bool, bool]] = deque()  # (at, failed, slow)
@@ -41,7 +43,12 @@ class CircuitBreaker:
     def state(self) -> str:
         if self._state == OPEN and self._clock() >= self._opened_at + self.cfg.open_for:
             self._state, self._probes_out, self._probes_ok = HALF_OPEN, 0, 0
+            self._changed(OPEN, HALF_OPEN, f"open for {self.cfg.open_for:g}s: probing")
         return self._state
+
+    def _changed(self, old: str, new: str, reason: str) -> None:
+        if self.on_change is not None:
+            self.on_change(old, new, reason)
 
     def allows_traffic(self) -> bool:
         """Closed: ordinary traffic may flow."""
@@ -64,11 +71,13 @@ class CircuitBreaker:
             self._calls.popleft()
 
     def _open(self, reason: str) -> None:
+        old = self._state
         self._state, self._opened_at = OPEN, self._clock()
         self._calls.clear()
         self._consecutive = 0
         self.opened_count += 1
         self.last_reason = reason
+        self._changed(old, OPEN, reason)
 
     def on_success(self, duration: float) -> None:
         self._record(False, duration)
@@ -89,6 +98,7 @@ class CircuitBreaker:
                 if self._probes_ok >= self.cfg.half_open_probes:
                     self._state = CLOSED
                     self._consecutive = 0
+                    self._changed(HALF_OPEN, CLOSED, f"{self._probes_ok} probes succeeded")
             return
         now = self._clock()
         slow = duration >= self.cfg.slow_call

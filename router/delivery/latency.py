@@ -1,0 +1,82 @@
+"""End-to-end latency of a shard's records: JetStream publish time to the destination's ack.
+
+Observed once per ``submit``, when every record of it is final (that is when the source
+messages can be acked), for the records delivered then: plain lists and one histogram update
+per record, no per-record objects. Records that carry a workflow (an SLO in the config) are
+also counted per workflow, with how many made it within the SLO; breaches are logged at most
+once per ``log_every`` seconds per workflow, with the count since the last line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from router.delivery.intake import DELIVERED
+from router.delivery.stats import DestinationStats
+from router.histogram import LATENCY_BUCKETS, Histogram
+
+__all__ = ["LatencyRecorder"]
+
+log = logging.getLogger(__name__)
+
+
+class LatencyRecorder:
+    def __init__(self, destination: str, stats: DestinationStats, *, wall_ns: Callable[[], int] = time.time_ns,
+                 clock: Callable[[], float] = time.monotonic, log_every: float = 30.0) -> None:
+        self.destination = destination
+        self.stats = stats
+        self._wall_ns = wall_ns
+        self._clock = clock
+        self.log_every = log_every
+        self._breaches: dict[str, tuple[int, float]] = {}  # workflow -> (not yet logged, worst seconds)
+        self._logged_at: dict[str, float] = {}
+
+    def observe(self, records: Any, items: list[Any]) -> None:
+        """``records``: the submitted ``RecordBatch``; ``items``: its fresh records (``PendingRecord``, in order)."""
+        published = getattr(records, "published", None)
+        if not published or not items:
+            return
+        keys = records.keys
+        n = len(keys)
+        if len(items) == n:  # no duplicates in this submit: the items line up with the records
+            where: Any = range(n)
+        else:
+            pos = {k: i for i, k in enumerate(keys)}
+            where = [pos[it.key] for it in items]
+        workflow = records.workflow if len(records.workflow) == n else None
+        now = self._wall_ns()
+        seconds: list[float] = []
+        per_workflow: dict[int, list[float]] = {}
+        for it, i in zip(items, where):
+            if it.outcome != DELIVERED or i >= len(published) or published[i] <= 0:
+                continue
+            s = max((now - published[i]) / 1e9, 0.0)  # clocks of two hosts may disagree a little
+            seconds.append(s)
+            if workflow is not None and workflow[i] >= 0:
+                per_workflow.setdefault(workflow[i], []).append(s)
+        self.stats.latency.observe_many(seconds)
+        for w, values in per_workflow.items():
+            name, within = records.workflows[w]
+            self._observe_workflow(name, within, values)
+
+    def _observe_workflow(self, name: str, within: float, values: list[float]) -> None:
+        st = self.stats
+        hist = st.workflow_latency.get(name)
+        if hist is None:
+            hist = st.workflow_latency[name] = Histogram(LATENCY_BUCKETS)
+        hist.observe_many(values)
+        inside = sum(1 for v in values if v <= within)
+        st.workflow_within[name] = st.workflow_within.get(name, 0) + inside
+        if inside < len(values):
+            pending, worst = self._breaches.get(name, (0, 0.0))
+            self._breaches[name] = (pending + len(values) - inside, max(worst, max(values)))
+            now = self._clock()
+            if now - self._logged_at.get(name, float("-inf")) >= self.log_every:
+                count, worst = self._breaches.pop(name)
+                self._logged_at[name] = now
+                log.warning("SLO breach: %d records of workflow `%s` took longer than %gs (worst %.1fs)",
+                            count, name, within, worst,
+                            extra={"event": "slo_breach", "workflow": name, "destination": self.destination,
+                                   "count": count, "slo_seconds": within, "worst_seconds": round(worst, 3)})

@@ -1,0 +1,368 @@
+"""Observability: histograms merged across actors, /metrics figures that add up after known
+traffic, /readyz following NATS and the actors, the status view, the dashboard's metric names,
+workflow SLOs and the JSON logs.
+
+Unit tests first (no I/O); the system tests at the end run real NATS, Ray and the HTTP emulators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import ray
+from prometheus_client import CollectorRegistry, generate_latest
+
+from router.actors.ingest import IngestStats
+from router.config import ConfigError, parse_config
+from router.control.logging_setup import JsonFormatter
+from router.control.metrics import StatsCollector, exported_metric_names, serve_metrics
+from router.control.service import Readiness, poll_stats
+from router.control.status import parse_scrape, render, view
+from router.control.supervisor import RouterStats, Supervisor, _sum_structs
+from router.delivery.intake import DELIVERED, PARKED
+from router.delivery.latency import LatencyRecorder
+from router.delivery.stats import DestinationStats
+from router.histogram import LATENCY_BUCKETS, Histogram
+from router.jetstream.connection import connect
+from router.jetstream.embedded_server import EmbeddedNats, free_port
+from router.loadtest.retail_events import MALFORMED, GeneratedEvent, RetailEventFactory
+from router.control.demo import expected_deliveries
+from router.policies.circuit_breaker import CircuitBreaker
+from router.record_batch import RecordBatch
+from router.redaction import install_log_redaction
+from router.slo import WorkflowTagger, parse_slos
+
+from .harness import config, config_dict, poll_until, publish, received, set_faults, wait_complete
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "helm" / "dashboards" / "router.json"
+
+
+# -- unit: histograms and their merge across a pool ------------------------------------------------
+
+def test_histogram_buckets_are_prometheus_le_and_merge_adds_up():
+    a, b = Histogram((0.1, 1.0)), Histogram((0.1, 1.0))
+    a.observe_many([0.05, 0.1, 0.5])  # 0.1 belongs to le=0.1 (inclusive)
+    b.observe_many([2.0, 0.5])
+    assert a.cumulative() == [("0.1", 2), ("1.0", 3), ("+Inf", 3)]
+    a.merge(b)
+    assert a.cumulative() == [("0.1", 2), ("1.0", 4), ("+Inf", 5)]
+    assert a.count == 5 and a.sum == pytest.approx(3.15)
+    with pytest.raises(ValueError, match="different buckets"):
+        a.merge(Histogram((1.0,)))
+
+
+def test_pool_stats_merge_histograms_and_per_workflow_dicts_without_touching_the_inputs():
+    shards = []
+    for n in range(3):
+        st = DestinationStats(delivered=10)
+        st.latency.observe(0.02 * (n + 1))
+        st.workflow_latency["order.* -> erp"] = Histogram(LATENCY_BUCKETS)
+        st.workflow_latency["order.* -> erp"].observe(1.0)
+        st.workflow_within["order.* -> erp"] = n
+        shards.append(st)
+    merged = _sum_structs(shards, DestinationStats)
+    assert merged.delivered == 30 and merged.latency.count == 3
+    assert merged.workflow_latency["order.* -> erp"].count == 3
+    assert merged.workflow_within == {"order.* -> erp": 3}
+    assert all(s.latency.count == 1 and s.workflow_latency["order.* -> erp"].count == 1 for s in shards)
+
+
+# -- unit: end-to-end latency and SLOs -------------------------------------------------------------
+
+class _Item:
+    def __init__(self, key, outcome):
+        self.key, self.outcome = key, outcome
+
+
+def test_latency_is_observed_per_delivered_record_and_per_workflow(caplog):
+    st = DestinationStats()
+    now = 1_000 * 10**9
+    rec = LatencyRecorder("erp", st, wall_ns=lambda: now, clock=lambda: 0.0)
+    batch = RecordBatch(workflows=[("order.* -> erp", 1.0)])
+    for key, age, wf in (("a", 0.5, 0), ("b", 2.0, 0), ("c", 0.01, -1), ("d", 3.0, 0)):
+        batch.append(key, b"{}", "orders/1", now - int(age * 1e9))
+        batch.workflow.append(wf)
+    batch.append("e", b"{}", "orders/2", 0)  # publish time unknown: not observed
+    batch.workflow.append(0)
+    items = [_Item("a", DELIVERED), _Item("b", DELIVERED), _Item("c", DELIVERED), _Item("d", PARKED), _Item("e", DELIVERED)]
+    with caplog.at_level(logging.WARNING, "router.delivery.latency"):
+        rec.observe(batch, items)
+    assert st.latency.count == 3 and st.latency.sum == pytest.approx(2.51)
+    assert st.workflow_latency["order.* -> erp"].count == 2  # d was parked, not delivered now
+    assert st.workflow_within == {"order.* -> erp": 1}
+    [line] = [r for r in caplog.records if getattr(r, "event", "") == "slo_breach"]
+    assert line.workflow == "order.* -> erp" and line.count == 1 and line.destination == "erp"
+    # Duplicates leave fewer items than records: matched by key.
+    rec.observe(batch, [_Item("c", DELIVERED)])
+    assert st.latency.count == 4
+
+
+def test_slo_config_is_checked_and_tags_records_by_type_and_destination():
+    raw = config_dict("nats://127.0.0.1:1", "http://127.0.0.1:1")
+    raw["slo"] = {"inventory.* -> marketplace": "60s", "order.created -> erp": "5m"}
+    cfg = parse_config(raw, "router.yaml")
+    slos = parse_slos(cfg.slo, list(cfg.destinations), lambda p, m: ValueError(p, m))
+    assert [(s.name, s.within) for s in slos] == [("inventory.* -> marketplace", 60.0), ("order.created -> erp", 300.0)]
+    tag = WorkflowTagger(slos)
+    assert tag.index("inventory.adjusted", "marketplace") == 0
+    assert tag.index("inventory.adjusted", "erp") == -1
+    assert tag.index("order.created", "erp") == 1 and tag.index("order.cancelled", "erp") == -1
+    for bad, why in (({"order.* -> nowhere": "1s"}, "unknown destination `nowhere`"),
+                     ({"order.* erp": "1s"}, "expected `<event type pattern> -> <destination>`"),
+                     ({"order.* -> erp": "0s"}, "positive duration"),
+                     ({"order.* -> erp": "soon"}, "slo")):
+        raw["slo"] = bad
+        with pytest.raises(ConfigError, match=re.escape(why)) as err:
+            parse_config(raw, "router.yaml")
+        assert "router.yaml: slo" in str(err.value)
+
+
+# -- unit: what /metrics exports, the dashboard, the status view ------------------------------------
+
+def _canned_stats() -> RouterStats:
+    erp = DestinationStats(delivered=90, duplicates=5, parked=12, replayed=12, dead_lettered=3, park_backlog=4,
+                           breaker_state="open")
+    erp.latency.observe_many([0.02] * 60 + [0.4] * 39 + [7.0])
+    erp.workflow_latency["order.* -> erp"] = Histogram(LATENCY_BUCKETS)
+    erp.workflow_latency["order.* -> erp"].observe_many([0.02] * 8 + [9.0] * 2)
+    erp.workflow_within["order.* -> erp"] = 8
+    return RouterStats({"orders": IngestStats(source="orders", fetched=110, acked=100, dead_lettered=6)},
+                       {"erp": erp}, routes_revision=3, consumer_pending={"orders": 250},
+                       consumer_ack_pending={"orders": 10})
+
+
+def _scrape_of(st: RouterStats) -> str:
+    registry = CollectorRegistry()
+    collector = StatsCollector()
+    collector.latest = st
+    registry.register(collector)
+    return generate_latest(registry).decode()
+
+
+def test_status_view_from_a_scrape_shows_rates_lag_latency_breaker_and_slos():
+    st = _canned_stats()
+    earlier = parse_scrape(_scrape_of(st))
+    st.sources["orders"].acked = 300
+    st.destinations["erp"].delivered = 290
+    v = view(parse_scrape(_scrape_of(st)), earlier, 2.0)
+    assert v["sources"]["orders"] == {"acked": 300, "acked_per_s": 100.0, "pending": 250, "ack_pending": 10, "invalid": 6}
+    erp = v["destinations"]["erp"]
+    assert erp["delivered_per_s"] == 100.0 and erp["breaker"] == "open" and erp["parked_backlog"] == 4
+    assert erp["latency_p50_s"] == 0.025 and erp["latency_p99_s"] == 0.5
+    assert v["workflows"]["order.* -> erp"] == {"destination": "erp", "within_slo": 0.8, "breaches": 2,
+                                                "latency_p99_s": 10.0}
+    text = render(v, "http://router:9464")
+    assert "routes revision 3" in text
+    assert re.search(r"^erp\s+100\s+290\s+5\s+0\.025\s+0\.5\s+open\s+4\s+12\s+3$", text, re.M), text
+    assert re.search(r"^order\.\* -> erp\s+80\.0%\s+2\s+10$", text, re.M), text
+    json.dumps(v)  # --json prints it as is
+
+
+def test_every_metric_the_dashboard_queries_is_one_the_router_exports():
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 15
+    named = {n for e in exprs for n in re.findall(r"\b(router_[a-z0-9_]+)", e)}
+    exported = exported_metric_names()
+    assert named and named <= exported, f"the dashboard queries metrics the router does not export: {named - exported}"
+    # Every series the router exports is on the dashboard, one way or another.
+    families = {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in exported}
+    shown = {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in named}
+    assert {"router_destination_latency_seconds", "router_source_consumer_pending", "router_records",
+            "router_workflow_slo_within_ratio", "router_destination_breaker_state"} <= shown <= families
+
+
+# -- unit: logs ------------------------------------------------------------------------------------
+
+def test_breaker_reports_each_transition():
+    from router.config import CircuitBreakerConfig
+
+    now = [0.0]
+    seen = []
+    b = CircuitBreaker(CircuitBreakerConfig(consecutive_failures=2, open_for=5.0, half_open_probes=1),
+                       lambda: now[0], on_change=lambda *t: seen.append(t))
+    b.on_failure(0.1, "503")
+    b.on_failure(0.1, "503")
+    now[0] = 6.0
+    assert b.try_probe()
+    b.on_success(0.1)
+    assert [t[:2] for t in seen] == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+    assert "503" in seen[0][2]
+
+
+def test_json_log_lines_carry_the_event_fields_and_stay_redacted():
+    install_log_redaction(["s3cret-token"])
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("router.test.json")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("erp: %d records dead-lettered: token %s", 3, "s3cret-token",
+                       extra={"event": "dead_letter", "destination": "erp", "count": 3,
+                              "reason": "HTTP 400 for s3cret-token", "idempotency_key": "o-1"})
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(out.getvalue())
+    assert line["event"] == "dead_letter" and line["destination"] == "erp" and line["count"] == 3
+    assert line["idempotency_key"] == "o-1" and line["level"] == "warning"
+    assert "s3cret-token" not in out.getvalue() and "3 records dead-lettered" in line["msg"]
+
+
+# -- system ----------------------------------------------------------------------------------------
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _by_label(samples, name, label):
+    return {labels[label]: v for labels, v in samples.get(name, []) if label in labels}
+
+
+@pytest.mark.timeout(120)
+def test_metrics_add_up_per_destination_after_duplicates_malformed_and_a_parked_outage(clean, nats_server, emulator,
+                                                                                        ray_session):
+    def change(raw):
+        erp = raw["destinations"]["erp"]
+        erp.update(buffer={"max_wait": "1s"}, circuit_breaker={"open_for": "1s"},
+                   retry={"max_attempts": 2, "initial_backoff": "50ms"})
+        raw["slo"] = {"inventory.* -> marketplace": "60s", "shipment.* -> carrier": "1ms"}  # that one cannot be met
+
+    cfg = config(nats_server.url, emulator.url, change)
+    events = list(RetailEventFactory(seed=81).burst(1500, duplicate_ratio=0.05))
+    bad = [GeneratedEvent("retail.orders.web", p, "", "", None, why) for p, why in MALFORMED]
+    good = [e for e in events if e.key]
+    expected = expected_deliveries(cfg, good)
+    port = free_port()
+
+    async def scenario():
+        ready = Readiness()
+        ready.nc = await connect(cfg.nats, "test-driver")
+        server = serve_metrics("127.0.0.1", port, ready)
+        sup = Supervisor(cfg)
+        try:
+            await sup.start()
+            ready.started = True
+            await set_faults(emulator.url, "erp", {"error_rate": 1.0, "status": 503})  # ERP down: it parks
+
+            async def parked():
+                return (await poll_stats(sup, cfg, ready, server)).destinations["erp"].parked
+
+            await publish(nats_server.url, events + bad)
+            await poll_until(parked, 30, "ERP records parked during the outage")
+            await set_faults(emulator.url, "erp", None)  # back: the park is replayed
+            await wait_complete(nats_server.url, emulator.url, expected, timeout=60)
+
+            async def settled():
+                st = await poll_stats(sup, cfg, ready, server)
+                return st if st.destinations["erp"].park_backlog == 0 and sum(
+                    s.acked for s in st.sources.values()) >= len(events) + len(bad) else None
+
+            await poll_until(settled, 30, "every source message acked and the park empty")
+            status, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+            ready_before = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/readyz")
+            # One sink actor gone for good: /readyz names it.
+            ray.kill(sup.workers["carrier"][0], no_restart=True)
+            await poll_stats(sup, cfg, ready, server)
+            ready_after = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/readyz")
+            got = {d: await received(emulator.url, d) for d in cfg.destinations}
+            return status, text, ready_before, ready_after, got
+        finally:
+            await set_faults(emulator.url, "erp", None)
+            await sup.stop(timeout=20)
+            server.close()
+            await ready.nc.close()
+
+    status, text, ready_before, ready_after, got = asyncio.run(scenario())
+    assert status == 200
+    samples = parse_scrape(text)
+    outcomes: dict[str, dict[str, float]] = {}
+    for labels, v in samples["router_records_total"]:
+        outcomes.setdefault(labels["destination"], {})[labels["outcome"]] = v
+    routed = {d: 0 for d in cfg.destinations}  # records each destination was sent by ingest
+    for e in events:
+        for d in cfg.destinations:
+            routed[d] += e.key in expected[d]
+    for d in cfg.destinations:
+        o = outcomes[d]
+        # What the emulator counted, exactly ("delivered" includes the records replayed from the park).
+        assert o["delivered"] == len(got[d]) == len(expected[d]), (d, o)
+        assert o["dead_lettered"] == 0
+        # Every record routed to the destination: delivered straight away, a duplicate, or parked (and replayed).
+        assert o["delivered"] - o["replayed"] + o["duplicates"] + o["parked"] == routed[d], (d, o, routed[d])
+        assert o["parked"] >= o["replayed"]  # a key parked twice (both copies) is replayed once
+    assert outcomes["erp"]["parked"] > 0
+    assert _by_label(samples, "router_source_dead_lettered_total", "source")["orders"] == len(bad)
+    assert sum(_by_label(samples, "router_source_acked_total", "source").values()) == len(events) + len(bad)
+    assert all(v == 0 for v in _by_label(samples, "router_source_consumer_pending", "source").values())
+    assert set(_by_label(samples, "router_source_consumer_pending", "source")) == {s.name for s in cfg.sources}
+    # Latency: one observation per record delivered while its source message was held.
+    lat_count = _by_label(samples, "router_destination_latency_seconds_count", "destination")
+    for d in cfg.destinations:
+        assert lat_count[d] == outcomes[d]["delivered"] - outcomes[d]["replayed"], d
+    assert _by_label(samples, "router_destination_breaker_state", "destination")["erp"] == 0
+    assert _by_label(samples, "router_destination_request_seconds_count", "destination")["erp"] > 0
+    wf = {(l["workflow"]): v for l, v in samples["router_workflow_slo_within_ratio"]}
+    assert wf["inventory.* -> marketplace"] == 1.0 and wf["shipment.* -> carrier"] == 0.0
+    breaches = {l["workflow"]: v for l, v in samples["router_workflow_slo_breaches_total"]}
+    assert breaches["shipment.* -> carrier"] > 0 and breaches["inventory.* -> marketplace"] == 0
+    assert ready_before == (200, "ready\n")
+    assert ready_after[0] == 503 and "sink carrier#0" in ready_after[1], ready_after
+
+
+@pytest.mark.timeout(60)
+def test_readyz_is_503_while_nats_is_down_and_200_when_it_is_back(tmp_path):
+    server = EmbeddedNats(store_dir=str(tmp_path / "js")).start()
+    port = free_port()
+    cfg = config(server.url, "http://127.0.0.1:1")
+
+    async def scenario():
+        ready = Readiness()
+        ready.nc = await connect(cfg.nats, "test-driver")
+        ready.started = True
+        metrics = serve_metrics("127.0.0.1", port, ready)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            seen = [await asyncio.to_thread(_get, f"{url}/readyz")]
+            await asyncio.to_thread(server.stop)
+
+            async def not_ready():
+                return (await asyncio.to_thread(_get, f"{url}/readyz"))[0] == 503
+
+            await poll_until(not_ready, 15, "/readyz 503 while nats-server is stopped")
+            seen.append(await asyncio.to_thread(_get, f"{url}/readyz"))
+            seen.append(await asyncio.to_thread(_get, f"{url}/healthz"))  # alive all along
+            await asyncio.to_thread(server.start)
+
+            async def is_ready():
+                return (await asyncio.to_thread(_get, f"{url}/readyz"))[0] == 200
+
+            await poll_until(is_ready, 20, "/readyz 200 once nats-server is back")
+            seen.append(await asyncio.to_thread(_get, f"{url}/readyz"))
+            return seen
+        finally:
+            metrics.close()
+            await ready.nc.close()
+
+    try:
+        seen = asyncio.run(scenario())
+    finally:
+        server.cleanup()
+    assert seen[0] == (200, "ready\n")
+    assert seen[1] == (503, "NATS not connected (reconnecting)\n")
+    assert seen[2] == (200, "ok\n")
+    assert seen[3] == (200, "ready\n")
