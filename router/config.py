@@ -175,9 +175,6 @@ class LiveConfigSettings(Base):
     key: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_=.-]+$")] = "default"  # one key per router deployment
 
 
-class RayConfig(Base):
-    address: str | None = None  # an existing cluster (`auto`, `ray://...`); none: start a local Ray
-    namespace: Name = "router"
 class ActorPlacement(Base):
     """What one actor reserves on its node, and how actors of one kind are spread over nodes."""
 
@@ -192,11 +189,14 @@ class PlacementConfig(Base):
     sink: ActorPlacement = ActorPlacement()  # each sink actor (one per destination shard)
 
 
+class RayConfig(Base):
+    address: str | None = None  # an existing cluster (`auto`, `ray://...`); none: start a local Ray
+    namespace: Name = "router"
     object_store_memory: ByteSize | None = None  # local Ray only
+    placement: PlacementConfig = PlacementConfig()  # what the actors reserve and how they spread over nodes
 
 
 class Config(Base):
-    placement: PlacementConfig = PlacementConfig()  # what the actors reserve and how they spread over nodes
     sources: Annotated[list[Source], msgspec.Meta(min_length=1)]
     destinations: Annotated[dict[Name, DestinationConfig], msgspec.Meta(min_length=1)]
     routes: list[Route] | str  # the routes, or a path (relative to this file) to a routes YAML file
@@ -327,9 +327,6 @@ def check_references(cfg: Config, file: str, routes_file: str) -> None:
             raise ConfigError(file, f"sources[{i}].durable", f"durable `{src.durable}` on `{src.stream}` is used twice")
         names.add(src.name)
         durables.add((src.stream, src.durable))
-
-
-def parse_section(raw: Any, tp: Any, file: str = "<config>", path: str = "") -> Any:
         if src.max_ingest_actors is not None:
             if src.max_ingest_actors < src.ingest_actors:
                 raise ConfigError(file, f"sources[{i}].max_ingest_actors",
@@ -337,6 +334,9 @@ def parse_section(raw: Any, tp: Any, file: str = "<config>", path: str = "") -> 
             if src.scale_down_pending >= src.scale_up_pending:
                 raise ConfigError(file, f"sources[{i}].scale_down_pending",
                                   f"must be below scale_up_pending ({src.scale_up_pending}), or the count would flap")
+
+
+def parse_section(raw: Any, tp: Any, file: str = "<config>", path: str = "") -> Any:
     """Validate one part of a config (a destination, a source) on its own."""
     return _convert(raw, tp, file, path)
 

@@ -78,4 +78,24 @@ def actor_options(cfg: Any, environ: dict[str, str] | None = None, kind: str | N
             options["num_cpus"] = float(cpus)
         except ValueError:
             raise ValueError(f"{ACTOR_CPUS_ENV}={cpus!r}: expected a number of CPUs, e.g. 1 or 0.5") from None
+    if kind is not None:
+        options.update(placement_options(getattr(cfg.ray.placement, kind)))
+    return options
+
+
+def placement_options(placement: Any) -> dict[str, Any]:
+    """``ray.placement.<kind>`` as actor options; a ``num_cpus`` set there wins over ``ACTOR_CPUS_ENV``.
+
+    SPREAD puts each new actor of a kind on the least loaded node that fits it, so the ingest
+    actors, and the shards of one pool, do not all share one node's fate. Custom ``resources``
+    pin actors to the nodes that advertise them (``ray start --resources``)."""
+    options: dict[str, Any] = {}
+    if placement.num_cpus is not None:
+        options["num_cpus"] = placement.num_cpus
+    if placement.memory is not None:
+        options["memory"] = int(placement.memory)
+    if placement.resources:
+        options["resources"] = dict(placement.resources)
+    if placement.spread:
+        options["scheduling_strategy"] = "SPREAD"
     return options
