@@ -69,7 +69,7 @@ def actor_options(cfg: Any, environ: dict[str, str] | None = None, kind: str | N
     """
     environ = os.environ if environ is None else environ
     options: dict[str, Any] = {}
-    env = {}
+    env = actor_env(cfg, environ)
     if env:
         options["runtime_env"] = {"env_vars": env}
     cpus = environ.get(ACTOR_CPUS_ENV)
