@@ -65,8 +65,11 @@ def router_config(values: dict) -> dict:
     cfg = copy.deepcopy(values["router"]["config"])
     cfg["routes"] = "routes.yaml"
     cfg["metrics"] = {"host": "0.0.0.0", "port": values["metrics"]["port"]}
-    cfg["ray"] = {"address": values["router"]["rayAddress"] or "ray://release-peak-router-ray-head-svc:10001",
-                  "namespace": values["router"]["rayNamespace"]}
+    ray_cfg = {"address": values["router"]["rayAddress"] or "ray://release-peak-router-ray-head-svc:10001",
+               "namespace": values["router"]["rayNamespace"]}
+    if (cfg.get("ray") or {}).get("placement"):
+        ray_cfg["placement"] = cfg["ray"]["placement"]
+    cfg["ray"] = ray_cfg
     nats = dict(cfg.get("nats") or {})
     if values["nats"]["enabled"]:
         nats["url"] = "nats://release-nats:4222"
@@ -98,6 +101,7 @@ def test_there_are_examples():
     ({"driver": {"replicas": 2}}, "Additional properties are not allowed ('replicas'"),
     ({"ray": {"workers": {"minReplicas": -1}}}, "-1 is less than the minimum of 0"),
     ({"router": {"config": {"metrics": {"port": 1}}}}, "router.config: "),
+    ({"router": {"config": {"ray": {"address": "auto"}}}}, "router.config.ray: Additional properties are not allowed"),
     ({"router": {"routes": []}}, "router.routes: [] should be non-empty"),
     ({"ray": {"head": {"resources": {"limits": {"cpu": "lots"}}}}}, "ray.head.resources.limits"),
     ({"secrets": {"create": {"not-a-variable": "x"}}}, "secrets.create: 'not-a-variable' does not match"),

@@ -69,14 +69,18 @@ app.kubernetes.io/component: driver
 
 {{/*
 router.yaml: the config from values, with what the chart owns written in: the routes file, the
-RayCluster's address, metrics on every interface of the pod (probes and Prometheus reach it
+RayCluster's address (`ray.placement` stays yours), metrics on every interface of the pod (probes and Prometheus reach it
 there), the bundled NATS's URL and the mounted credentials file.
 */}}
 {{- define "peak-router.config" -}}
 {{- $cfg := deepCopy .Values.router.config }}
 {{- $_ := set $cfg "routes" "routes.yaml" }}
 {{- $_ := set $cfg "metrics" (dict "host" "0.0.0.0" "port" (int .Values.metrics.port)) }}
-{{- $_ := set $cfg "ray" (dict "address" (include "peak-router.rayAddress" .) "namespace" .Values.router.rayNamespace) }}
+{{- $ray := dict "address" (include "peak-router.rayAddress" .) "namespace" .Values.router.rayNamespace }}
+{{- with (default (dict) $cfg.ray).placement }}
+{{- $_ := set $ray "placement" . }}
+{{- end }}
+{{- $_ := set $cfg "ray" $ray }}
 {{- $nats := deepCopy (default (dict) $cfg.nats) }}
 {{- if .Values.nats.enabled }}
 {{- $_ := set $nats "url" (include "peak-router.natsUrl" .) }}
