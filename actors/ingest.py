@@ -19,6 +19,7 @@ import nats.errors
 import ray
 
 from router.config import Config
+from router.control.logging_setup import configure_from_environment
 from router.jetstream.dead_letters import DeadLetterPublisher
 from router.ingest.plan import IngestPlanner
 from router.jetstream.connection import connect
@@ -29,6 +30,8 @@ from router.slo import WorkflowTagger, parse_slos
 __all__ = ["IngestActor", "IngestStats"]
 
 log = logging.getLogger(__name__)
+# The sink actors import this module too (router.actors): both log as the CLI was told to.
+configure_from_environment()
 
 
 class IngestStats(msgspec.Struct):

@@ -8,11 +8,11 @@ Unit tests first (no I/O); the system tests at the end run real NATS, Ray and th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import re
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,7 +26,7 @@ from router.config import ConfigError, parse_config
 from router.control.logging_setup import JsonFormatter
 from router.control.metrics import StatsCollector, exported_metric_names, serve_metrics
 from router.control.service import Readiness, poll_stats
-from router.control.status import parse_scrape, render, view
+from router.control.status import parse_scrape, render, run_status, view
 from router.control.supervisor import RouterStats, Supervisor, _sum_structs
 from router.delivery.intake import DELIVERED, PARKED
 from router.delivery.latency import LatencyRecorder
@@ -229,6 +229,13 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def _status_once(url: str) -> dict:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run_status(url, once=True, as_json=True, interval=0.2) == 0
+    return json.loads(out.getvalue())
+
+
 def _by_label(samples, name, label):
     return {labels[label]: v for labels, v in samples.get(name, []) if label in labels}
 
@@ -274,20 +281,21 @@ def test_metrics_add_up_per_destination_after_duplicates_malformed_and_a_parked_
 
             await poll_until(settled, 30, "every source message acked and the park empty")
             status, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+            status_json = await asyncio.to_thread(_status_once, f"http://127.0.0.1:{port}")
             ready_before = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/readyz")
             # One sink actor gone for good: /readyz names it.
             ray.kill(sup.workers["carrier"][0], no_restart=True)
             await poll_stats(sup, cfg, ready, server)
             ready_after = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/readyz")
             got = {d: await received(emulator.url, d) for d in cfg.destinations}
-            return status, text, ready_before, ready_after, got
+            return status, text, ready_before, ready_after, got, status_json
         finally:
             await set_faults(emulator.url, "erp", None)
             await sup.stop(timeout=20)
             server.close()
             await ready.nc.close()
 
-    status, text, ready_before, ready_after, got = asyncio.run(scenario())
+    status, text, ready_before, ready_after, got, status_json = asyncio.run(scenario())
     assert status == 200
     samples = parse_scrape(text)
     outcomes: dict[str, dict[str, float]] = {}
@@ -320,6 +328,10 @@ def test_metrics_add_up_per_destination_after_duplicates_malformed_and_a_parked_
     assert wf["inventory.* -> marketplace"] == 1.0 and wf["shipment.* -> carrier"] == 0.0
     breaches = {l["workflow"]: v for l, v in samples["router_workflow_slo_breaches_total"]}
     assert breaches["shipment.* -> carrier"] > 0 and breaches["inventory.* -> marketplace"] == 0
+    # `router status --once --json` reads the same figures.
+    assert {d: v["delivered"] for d, v in status_json["destinations"].items()} == {
+        d: len(got[d]) for d in cfg.destinations}
+    assert status_json["workflows"]["shipment.* -> carrier"]["within_slo"] == 0.0
     assert ready_before == (200, "ready\n")
     assert ready_after[0] == 503 and "sink carrier#0" in ready_after[1], ready_after
 
@@ -366,3 +378,35 @@ def test_readyz_is_503_while_nats_is_down_and_200_when_it_is_back(tmp_path):
     assert seen[1] == (503, "NATS not connected (reconnecting)\n")
     assert seen[2] == (200, "ok\n")
     assert seen[3] == (200, "ready\n")
+
+
+def test_nats_destination_messages_carry_the_correlation_id_header(clean, nats_server):
+    import nats
+    import orjson
+    from nats.js import api
+
+    from router.config import Destination, parse_section
+    from router.sinks.nats_sink import NatsSink
+    from router.sinks.outcome import Delivered
+    from router.wire import CORRELATION_ID
+
+    async def scenario():
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        await js.add_stream(name="PARTNER", subjects=["partner.>"])
+        sink = NatsSink("partner", parse_section({"kind": "nats", "subject": "partner.orders"}, Destination), nc)
+        await sink.start()
+        payloads = [orjson.dumps({"idempotency_key": f"k{i}", "correlation_id": f"c-{i}", "type": "order.created"})
+                    for i in range(3)]
+        outcome = await sink.send("batch-1", ["k0", "k1", "k2"], payloads, revision=4)
+        sub = await js.pull_subscribe("partner.orders", stream="PARTNER",
+                                      config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE))
+        msgs = await sub.fetch(3, timeout=5)
+        await sink.close()
+        await nc.close()
+        return outcome, msgs
+
+    outcome, msgs = asyncio.run(scenario())
+    assert isinstance(outcome, Delivered)
+    assert [m.headers[CORRELATION_ID] for m in msgs] == ["c-0", "c-1", "c-2"]
+    assert [m.headers["Nats-Msg-Id"] for m in msgs] == ["k0", "k1", "k2"]

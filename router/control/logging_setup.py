@@ -13,6 +13,7 @@ sees it, so both formats stay redacted; string fields in ``extra`` are redacted 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -21,7 +22,9 @@ import orjson
 
 from router.redaction import redact
 
-__all__ = ["JsonFormatter", "setup_logging"]
+__all__ = ["JsonFormatter", "LOG_FORMAT_ENV", "configure_from_environment", "setup_logging"]
+
+LOG_FORMAT_ENV = "ROUTER_LOG_FORMAT"  # set by the CLI; the actor processes (a local Ray's) inherit it
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Attributes every LogRecord has: anything else on a record came from ``extra``.
@@ -48,6 +51,7 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(log_format: str = "text", level: int = logging.INFO) -> None:
     """Configure the root logger once for this process (the CLI calls it before any command)."""
+    os.environ[LOG_FORMAT_ENV] = log_format
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
@@ -55,3 +59,15 @@ def setup_logging(log_format: str = "text", level: int = logging.INFO) -> None:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def configure_from_environment() -> None:
+    """In an actor process: JSON lines too when the router was started with ``--log-format json``
+    (the actor's output reaches the driver's through Ray, one line per record, behind Ray's
+    ``(ActorName pid=...)`` prefix). Does nothing where logging is already set up that way."""
+    if os.environ.get(LOG_FORMAT_ENV) != "json":
+        return
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        return
+    setup_logging("json", logging.INFO)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import nats.errors
 from nats.aio.client import Client
 
@@ -17,7 +18,7 @@ from router.config_base import DestinationBase, Subject
 from router.jetstream.pipelined_publisher import PipelinedPublisher, PublishError
 
 from router.sinks.kind import SinkKind
-from router.wire import IDEMPOTENCY_KEY, NATS_MSG_ID, ROUTES_REVISION
+from router.wire import CORRELATION_ID, IDEMPOTENCY_KEY, NATS_MSG_ID, ROUTES_REVISION
 from router.sinks.outcome import Delivered, Outcome, Permanent, Transient
 
 __all__ = ["NATS", "NatsDestination", "NatsSink"]
@@ -28,6 +29,22 @@ class NatsDestination(DestinationBase, tag="nats", kw_only=True):
 
     subject: Subject  # the subject each record is published to
     jetstream: bool = True  # publish with JetStream acks (the subject must be in a stream)
+
+
+class _Correlated(msgspec.Struct):
+    correlation_id: str = ""
+
+
+# Reads only the one field of an encoded record (msgspec skips the rest without building it).
+_correlation = msgspec.json.Decoder(_Correlated)
+
+
+def correlation_id(payload: bytes) -> str:
+    """The ``correlation_id`` every encoded record carries ("" if it cannot be read)."""
+    try:
+        return _correlation.decode(payload).correlation_id
+    except msgspec.DecodeError:
+        return ""
 
 
 class NatsSink:
@@ -52,11 +69,13 @@ class NatsSink:
         try:
             rev = {ROUTES_REVISION: str(revision)} if revision else {}
             if self.cfg.jetstream:
-                await self._publisher.publish(subject, payloads, [{NATS_MSG_ID: k, **rev} for k in keys],
-                                              self.cfg.timeout)
+                await self._publisher.publish(subject, payloads,
+                                              [{NATS_MSG_ID: k, CORRELATION_ID: correlation_id(p), **rev}
+                                               for k, p in zip(keys, payloads)], self.cfg.timeout)
             else:
                 for p in payloads:
-                    await self._nc.publish(subject, p, headers={IDEMPOTENCY_KEY: batch_id, **rev})
+                    await self._nc.publish(subject, p, headers={IDEMPOTENCY_KEY: batch_id,
+                                                                CORRELATION_ID: correlation_id(p), **rev})
                 await self._nc.flush(timeout=self.cfg.timeout)
             return Delivered()
         except PublishError as exc:
