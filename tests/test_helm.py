@@ -141,6 +141,10 @@ def test_the_image_the_chart_and_the_installed_ray_agree():
         f"Dockerfile RAY_VERSION {image_ray}, helm/values.yaml ray.version {chart_ray}, installed Ray "
         f"{ray.__version__}: the driver and the cluster must run one Ray (Ray Client refuses a mismatch)")
     assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON_TAG\}$", dockerfile, re.M)
+    # The driver's working directory goes onto the cluster's sys.path (Ray Client): it must not
+    # hold the sources, whose codecs/ would shadow the standard library there.
+    assert re.findall(r"^WORKDIR (\S+)$", dockerfile, re.M)[-1] == "/home/ray"
+    assert "rm -rf /tmp/peak-router" in dockerfile
 
 
 # -- rendered manifests -------------------------------------------------------------------------
