@@ -133,6 +133,19 @@ def test_templates_use_only_values_that_exist():
     assert missing == {}, f"templates read values that values.yaml does not define: {missing}"
 
 
+def test_template_blocks_are_balanced():
+    """Without helm to parse them: every if / with / range / define has its end, and no
+    action is left unclosed (the mistakes that make `helm template` fail outright)."""
+    for tpl in sorted((CHART / "templates").glob("*")):
+        text = re.sub(r"\{\{-?\s*/\*.*?\*/\s*-?\}\}", "", tpl.read_text(), flags=re.S)  # comments
+        assert text.count("{{") == text.count("}}"), f"{tpl.name}: unbalanced {{{{ }}}}"
+        depth = 0
+        for m in re.finditer(r"\{\{-?\s*(if|with|range|define|end)\b", text):
+            depth += -1 if m.group(1) == "end" else 1
+            assert depth >= 0, f"{tpl.name}: `end` without an opening block near offset {m.start()}"
+        assert depth == 0, f"{tpl.name}: {depth} block(s) without `end`"
+
+
 def test_the_image_the_chart_and_the_installed_ray_agree():
     dockerfile = (ROOT / "Dockerfile").read_text()
     image_ray = re.search(r"^ARG RAY_VERSION=(\S+)$", dockerfile, re.M).group(1)
