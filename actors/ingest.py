@@ -66,7 +66,8 @@ class IngestActor:
     def _use(self, cfg: Config, sink_actor_names: dict[str, list[str]], revision: int) -> None:
         # By name, not by handle: a restarted ingest actor finds the sink actors again by itself.
         workers = {d: [ray.get_actor(n) for n in names] for d, names in sink_actor_names.items()}
-        slos = parse_slos(cfg.slo, list(cfg.destinations), lambda path, msg: ValueError(f"{path}: {msg}"))
+        slos = [s for s in parse_slos(cfg.slo, None, lambda path, msg: ValueError(f"{path}: {msg}"))
+                if s.destination in workers]
         planner = IngestPlanner(self.src.name, RouteTable(cfg.route_list), {d: len(ws) for d, ws in workers.items()},
                                 revision, WorkflowTagger(slos))
         # One assignment each, between two batches: a batch is planned and sent with one table.

@@ -116,6 +116,8 @@ def test_slo_config_is_checked_and_tags_records_by_type_and_destination():
     assert tag.index("inventory.adjusted", "marketplace") == 0
     assert tag.index("inventory.adjusted", "erp") == -1
     assert tag.index("order.created", "erp") == 1 and tag.index("order.cancelled", "erp") == -1
+    # The ingest actor does not check (a live revision may have removed the destination): no error.
+    assert [s.destination for s in parse_slos({"order.* -> gone": 1.0}, None, lambda p, m: ValueError(p, m))] == ["gone"]
     for bad, why in (({"order.* -> nowhere": "1s"}, "unknown destination `nowhere`"),
                      ({"order.* erp": "1s"}, "expected `<event type pattern> -> <destination>`"),
                      ({"order.* -> erp": "0s"}, "positive duration"),

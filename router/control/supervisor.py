@@ -94,7 +94,7 @@ def _local_ray_on_loopback(kwargs: dict[str, Any]) -> None:
 
 _SEVERITY = {"closed": 0, "half_open": 1, "open": 2}
 # What a live reload cannot change: a new value here takes a restart.
-_STATIC_SECTIONS = ("sources", "nats", "dedup", "dead_letter", "parking", "metrics", "ray", "live", "on_unrouted")
+_STATIC_SECTIONS = ("sources", "nats", "dedup", "dead_letter", "parking", "metrics", "ray", "live", "on_unrouted", "slo")
 
 
 def _sum_structs(items: list[Any], cls: type) -> Any:
