@@ -44,6 +44,7 @@ class IngestStats(msgspec.Struct):
     in_flight: int = 0
     fetch_errors: int = 0
     routes_revision: int = 0  # the route table revision this actor routes with
+    routed: dict[str, int] = {}  # "<route>/<destination>" -> records that route sent there
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
@@ -198,6 +199,9 @@ class IngestActor:
             failed.update(i for i, _ in not_stored)
         self.stats_.dead_lettered += sum(1 for i, _ in plan.rejected if i not in failed)
         self.stats_.unrouted += sum(1 for i in plan.unrouted if i not in failed)
+        routed = self.stats_.routed
+        for (route, dest), n in plan.routed.items():
+            routed[f"{route}/{dest}"] = routed.get(f"{route}/{dest}", 0) + n
 
         results = await asyncio.gather(*(ref for _, ref in calls), return_exceptions=True)
         for (idx, _), res in zip(calls, results):

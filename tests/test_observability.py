@@ -316,6 +316,10 @@ def test_metrics_add_up_per_destination_after_duplicates_malformed_and_a_parked_
         assert o["delivered"] - o["replayed"] + o["duplicates"] + o["parked"] == routed[d], (d, o, routed[d])
         assert o["parked"] >= o["replayed"]  # a key parked twice (both copies) is replayed once
     assert outcomes["erp"]["parked"] > 0
+    per_route: dict[str, float] = {}
+    for labels, v in samples["router_route_records_total"]:
+        per_route[labels["destination"]] = per_route.get(labels["destination"], 0) + v
+    assert per_route == routed  # each record reaches a destination by exactly one route
     assert _by_label(samples, "router_source_dead_lettered_total", "source")["orders"] == len(bad)
     assert sum(_by_label(samples, "router_source_acked_total", "source").values()) == len(events) + len(bad)
     assert all(v == 0 for v in _by_label(samples, "router_source_consumer_pending", "source").values())

@@ -92,6 +92,13 @@ class StatsCollector:
             g.add_metric([name], _BREAKER.get(d.breaker_state, 0))
         yield g
         yield from _overview(st)
+        m = CounterMetricFamily("router_route_records", "records each route sent to a destination (duplicates included)",
+                                labels=["source", "route", "destination"])
+        for name, s in st.sources.items():
+            for key, n in s.routed.items():
+                route, _, dest = key.rpartition("/")
+                m.add_metric([name, route, dest], n)
+        yield m
 
 
 def _histogram(name: str, doc: str, labels: list[str], series: list[tuple[list[str], Histogram]]) -> Metric:
@@ -144,7 +151,7 @@ def exported_metric_names() -> set[str]:
     from router.delivery.stats import DestinationStats
     from router.actors.ingest import IngestStats
 
-    st = RouterStats({"s": IngestStats()}, {"d": DestinationStats(workflow_latency={"w": Histogram()})},
+    st = RouterStats({"s": IngestStats(routed={"r/d": 0})}, {"d": DestinationStats(workflow_latency={"w": Histogram()})},
                      consumer_pending={"s": 0}, consumer_ack_pending={"s": 0})
     collector = StatsCollector()
     collector.latest = st

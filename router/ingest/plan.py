@@ -38,11 +38,12 @@ def shard_of(key: str, pool_size: int) -> int:
 
 
 class BatchPlan:
-    __slots__ = ("rejected", "unrouted", "work")
+    __slots__ = ("rejected", "unrouted", "work", "routed")
 
     def __init__(self, revision: int = 0) -> None:
         self.rejected: list[tuple[int, str]] = []  # (message index, reason): dead-letter, then ack
         self.unrouted: list[int] = []  # no route matched
+        self.routed: dict[tuple[str, str], int] = defaultdict(int)  # (route, destination) -> records, for metrics
         # (destination, shard) -> (records, indexes of the messages they came from)
         self.work: dict[tuple[str, int], tuple[RecordBatch, list[int]]] = defaultdict(
             lambda: (RecordBatch(revision=revision), []))
@@ -86,6 +87,8 @@ class IngestPlanner:
             except Exception:
                 out.rejected.append((i, _encoder_failure(ev, routed)))
                 continue
+            for t in routed:
+                out.routed[t.route, t.destination] += 1
             at = published[i] if published else 0
             for dest, payload in encoded:
                 records, idx = out.work[(dest, shard_of(ev.idempotency_key, pools[dest]))]
@@ -110,6 +113,8 @@ class IngestPlanner:
                 continue
             out.rejected.extend((i, reason) for _, reason in one.rejected)
             out.unrouted.extend(i for _ in one.unrouted)
+            for k, n in one.routed.items():
+                out.routed[k] += n
             for shard_key, (records, _) in one.work.items():
                 into, idx = out.work[shard_key]
                 for n, (key, payload, origin) in enumerate(records):
