@@ -40,8 +40,9 @@ from router.policies.circuit_breaker import CircuitBreaker
 from router.record_batch import RecordBatch
 from router.redaction import install_log_redaction
 from router.slo import WorkflowTagger, parse_slos
+from router.tracing import traceparent_of, with_traceparent
 
-from .harness import config, config_dict, poll_until, publish, received, set_faults, wait_complete
+from .harness import config, config_dict, poll_until, publish, received, records, set_faults, wait_complete
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "helm" / "dashboards" / "router.json"
 
@@ -253,6 +254,12 @@ def test_metrics_add_up_per_destination_after_duplicates_malformed_and_a_parked_
 
     cfg = config(nats_server.url, emulator.url, change)
     events = list(RetailEventFactory(seed=81).burst(1500, duplicate_ratio=0.05))
+    # A few carry a W3C trace context: it must reach the destinations in their records.
+    traced = {}
+    for n, e in enumerate(events[:40]):
+        if e.key and e.key not in traced and not e.headers:
+            traced[e.key] = f"00-{n + 1:032x}-{n + 1:016x}-01"
+            events[n] = e._replace(headers={"traceparent": traced[e.key]})
     bad = [GeneratedEvent("retail.orders.web", p, "", "", None, why) for p, why in MALFORMED]
     good = [e for e in events if e.key]
     expected = expected_deliveries(cfg, good)
@@ -290,14 +297,15 @@ def test_metrics_add_up_per_destination_after_duplicates_malformed_and_a_parked_
             await poll_stats(sup, cfg, ready, server)
             ready_after = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/readyz")
             got = {d: await received(emulator.url, d) for d in cfg.destinations}
-            return status, text, ready_before, ready_after, got, status_json
+            delivered = [r["record"] for d in cfg.destinations for r in await records(emulator.url, d)]
+            return status, text, ready_before, ready_after, got, status_json, delivered
         finally:
             await set_faults(emulator.url, "erp", None)
             await sup.stop(timeout=20)
             server.close()
             await ready.nc.close()
 
-    status, text, ready_before, ready_after, got, status_json = asyncio.run(scenario())
+    status, text, ready_before, ready_after, got, status_json, delivered = asyncio.run(scenario())
     assert status == 200
     samples = parse_scrape(text)
     outcomes: dict[str, dict[str, float]] = {}
@@ -316,6 +324,9 @@ def test_metrics_add_up_per_destination_after_duplicates_malformed_and_a_parked_
         assert o["delivered"] - o["replayed"] + o["duplicates"] + o["parked"] == routed[d], (d, o, routed[d])
         assert o["parked"] >= o["replayed"]  # a key parked twice (both copies) is replayed once
     assert outcomes["erp"]["parked"] > 0
+    with_trace = {r["idempotency_key"]: r.get("traceparent") for r in delivered if r["idempotency_key"] in traced}
+    assert with_trace and all(tp == traced[k] for k, tp in with_trace.items()), with_trace
+    assert not any("traceparent" in r for r in delivered if r["idempotency_key"] not in traced)
     per_route: dict[str, float] = {}
     for labels, v in samples["router_route_records_total"]:
         per_route[labels["destination"]] = per_route.get(labels["destination"], 0) + v
@@ -386,6 +397,36 @@ def test_readyz_is_503_while_nats_is_down_and_200_when_it_is_back(tmp_path):
     assert seen[3] == (200, "ready\n")
 
 
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_traceparent_is_read_only_when_well_formed_and_added_to_the_record():
+    assert traceparent_of({"traceparent": TRACE}) == TRACE
+    for bad in ("", "00-xyz", TRACE.upper(), "ff" + TRACE[2:], TRACE + '"', 'x", "evil": "1'):
+        assert traceparent_of({"traceparent": bad}) is None, bad
+    assert traceparent_of(None) is None
+    assert json.loads(with_traceparent(b'{"a":1}', TRACE)) == {"a": 1, "traceparent": TRACE}
+    assert json.loads(with_traceparent(b"{}", TRACE)) == {"traceparent": TRACE}
+    assert with_traceparent(b"[1]", TRACE) == b"[1]"
+
+
+def test_planner_puts_the_source_traceparent_into_every_record_of_that_message():
+    from types import SimpleNamespace
+
+    from router.ingest.plan import IngestPlanner
+    from router.ingest.routing import RouteTable
+
+    cfg = config("nats://127.0.0.1:1", "http://127.0.0.1:1")
+    order = next(e for e in RetailEventFactory(seed=3).burst(50) if e.type == "order.cancelled")
+    msgs = [SimpleNamespace(subject=order.subject, data=order.payload, headers={"traceparent": TRACE}),
+            SimpleNamespace(subject=order.subject, data=order.payload.replace(order.key.encode(), b"other"),
+                            headers=None)]
+    plan = IngestPlanner("orders", RouteTable(cfg.route_list), {d: 1 for d in cfg.destinations}).plan(msgs, [1, 2])
+    records = [(json.loads(p), i) for batch, idx in plan.work.values() for p, i in zip(batch.payloads, idx)]
+    assert {i for _, i in records} == {0, 1} and len(records) >= 2
+    assert all((r.get("traceparent") == TRACE) == (i == 0) for r, i in records), records
+
+
 def test_nats_destination_messages_carry_the_correlation_id_header(clean, nats_server):
     import nats
     import orjson
@@ -404,6 +445,7 @@ def test_nats_destination_messages_carry_the_correlation_id_header(clean, nats_s
         await sink.start()
         payloads = [orjson.dumps({"idempotency_key": f"k{i}", "correlation_id": f"c-{i}", "type": "order.created"})
                     for i in range(3)]
+        payloads[1] = with_traceparent(payloads[1], TRACE)
         outcome = await sink.send("batch-1", ["k0", "k1", "k2"], payloads, revision=4)
         sub = await js.pull_subscribe("partner.orders", stream="PARTNER",
                                       config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE))
@@ -415,4 +457,5 @@ def test_nats_destination_messages_carry_the_correlation_id_header(clean, nats_s
     outcome, msgs = asyncio.run(scenario())
     assert isinstance(outcome, Delivered)
     assert [m.headers[CORRELATION_ID] for m in msgs] == ["c-0", "c-1", "c-2"]
+    assert [m.headers.get("traceparent") for m in msgs] == [None, TRACE, None]
     assert [m.headers["Nats-Msg-Id"] for m in msgs] == ["k0", "k1", "k2"]

@@ -21,6 +21,7 @@ from router.delivery.dedup_index import key_hash
 from router.record_batch import RecordBatch
 from router.ingest.routing import RouteTable
 from router.slo import WorkflowTagger
+from router.tracing import traceparent_of, with_traceparent
 
 __all__ = ["BatchPlan", "IngestPlanner", "shard_of"]
 
@@ -87,6 +88,9 @@ class IngestPlanner:
             except Exception:
                 out.rejected.append((i, _encoder_failure(ev, routed)))
                 continue
+            tp = traceparent_of(m.headers)
+            if tp is not None:  # W3C trace context passed through, in each record (router/tracing.py)
+                encoded = [(dest, with_traceparent(payload, tp)) for dest, payload in encoded]
             for t in routed:
                 out.routed[t.route, t.destination] += 1
             at = published[i] if published else 0

@@ -18,7 +18,7 @@ from router.config_base import DestinationBase, Subject
 from router.jetstream.pipelined_publisher import PipelinedPublisher, PublishError
 
 from router.sinks.kind import SinkKind
-from router.wire import CORRELATION_ID, IDEMPOTENCY_KEY, NATS_MSG_ID, ROUTES_REVISION
+from router.wire import CORRELATION_ID, IDEMPOTENCY_KEY, NATS_MSG_ID, ROUTES_REVISION, TRACEPARENT
 from router.sinks.outcome import Delivered, Outcome, Permanent, Transient
 
 __all__ = ["NATS", "NatsDestination", "NatsSink"]
@@ -33,18 +33,23 @@ class NatsDestination(DestinationBase, tag="nats", kw_only=True):
 
 class _Correlated(msgspec.Struct):
     correlation_id: str = ""
+    traceparent: str = ""  # present when the source message had one (router/tracing.py)
 
 
 # Reads only the one field of an encoded record (msgspec skips the rest without building it).
 _correlation = msgspec.json.Decoder(_Correlated)
 
 
-def correlation_id(payload: bytes) -> str:
-    """The ``correlation_id`` every encoded record carries ("" if it cannot be read)."""
+def trace_headers(payload: bytes) -> dict[str, str]:
+    """The headers a record's message carries for tracing: its ``correlation_id`` (every encoded
+    record has one) and, when the source message had one, its ``traceparent``."""
     try:
-        return _correlation.decode(payload).correlation_id
+        rec = _correlation.decode(payload)
     except msgspec.DecodeError:
-        return ""
+        return {}
+    if rec.traceparent:
+        return {CORRELATION_ID: rec.correlation_id, TRACEPARENT: rec.traceparent}
+    return {CORRELATION_ID: rec.correlation_id}
 
 
 class NatsSink:
@@ -70,12 +75,11 @@ class NatsSink:
             rev = {ROUTES_REVISION: str(revision)} if revision else {}
             if self.cfg.jetstream:
                 await self._publisher.publish(subject, payloads,
-                                              [{NATS_MSG_ID: k, CORRELATION_ID: correlation_id(p), **rev}
+                                              [{NATS_MSG_ID: k, **trace_headers(p), **rev}
                                                for k, p in zip(keys, payloads)], self.cfg.timeout)
             else:
                 for p in payloads:
-                    await self._nc.publish(subject, p, headers={IDEMPOTENCY_KEY: batch_id,
-                                                                CORRELATION_ID: correlation_id(p), **rev})
+                    await self._nc.publish(subject, p, headers={IDEMPOTENCY_KEY: batch_id, **trace_headers(p), **rev})
                 await self._nc.flush(timeout=self.cfg.timeout)
             return Delivered()
         except PublishError as exc:
