@@ -72,3 +72,54 @@ def test_fixed_sources_have_no_scaler_and_bad_bounds_are_refused():
     raw["sources"][0].update(max_ingest_actors=4, scale_down_pending=5000)
     with pytest.raises(ConfigError, match=r"sources\[0\]\.scale_down_pending: must be below scale_up_pending"):
         parse_config(raw, "<t>")
+
+
+def test_the_supervisor_adds_ingest_actors_while_a_source_lags_and_removes_them_after(
+        clean, nats_server, emulator, ray_session):
+    """A slow destination and small fetches: the shipments consumer lags, actors are added up to the
+    maximum, and removed again (each draining its open batches) once it has caught up; nothing lost."""
+    import asyncio
+
+    from router.control.demo import expected_deliveries
+    from router.control.supervisor import Supervisor
+    from router.loadtest.retail_events import RetailEventFactory
+    from tests.harness import assert_exactly, config, publish, received, set_faults, wait_complete
+
+    def change(raw):
+        for s in raw["sources"]:
+            if s["name"] == "shipments":
+                s.update(fetch_batch=20, max_inflight_batches=1, max_ingest_actors=3, scale_up_pending=100,
+                         scale_down_pending=20, scale_hold="1s")
+
+    cfg = config(nats_server.url, emulator.url, change)
+    events = [e for e in RetailEventFactory(seed=1502).burst(6000) if e.subject.startswith("retail.shipments.")]
+    expected = expected_deliveries(cfg, events)
+
+    async def scenario():
+        for dest in ("erp", "marketplace", "carrier"):
+            await set_faults(emulator.url, dest, {"latency_ms": 150})
+        sup = Supervisor(cfg)
+        await sup.start()
+        counts = []
+        try:
+            count = lambda: sum(1 for s, _ in sup.ingest if s == "shipments")  # noqa: E731
+            await publish(nats_server.url, events)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 90
+            while loop.time() < deadline:
+                counts.append(count())
+                if max(counts) == 3 and counts[-1] == 1:
+                    break
+                await asyncio.sleep(0.5)
+            got = await wait_complete(nats_server.url, emulator.url, expected, timeout=60)
+            return counts, got
+        finally:
+            await sup.stop()
+            for dest in ("erp", "marketplace", "carrier"):
+                await set_faults(emulator.url, dest, None)
+
+    counts, got = asyncio.run(scenario())
+    changes = [c for i, c in enumerate(counts) if i == 0 or c != counts[i - 1]]
+    print(f"\nshipments ingest actors over time: {changes} ({len(events)} events)")
+    assert max(counts) == 3 and counts[-1] == 1, changes
+    assert_exactly(expected, got)
