@@ -160,13 +160,13 @@ def test_status_view_from_a_scrape_shows_rates_lag_latency_breaker_and_slos():
     assert v["sources"]["orders"] == {"acked": 300, "acked_per_s": 100.0, "pending": 250, "ack_pending": 10, "invalid": 6}
     erp = v["destinations"]["erp"]
     assert erp["delivered_per_s"] == 100.0 and erp["breaker"] == "open" and erp["parked_backlog"] == 4
-    assert erp["latency_p50_s"] == 0.025 and erp["latency_p99_s"] == 0.5
+    assert erp["latency_p50_s"] == 0.0225 and erp["latency_p99_s"] == 0.5  # interpolated inside the bucket
     assert v["workflows"]["order.* -> erp"] == {"destination": "erp", "within_slo": 0.8, "breaches": 2,
-                                                "latency_p99_s": 10.0}
+                                                "latency_p99_s": 9.75}
     text = render(v, "http://router:9464")
     assert "routes revision 3" in text
-    assert re.search(r"^erp\s+100\s+290\s+5\s+0\.025\s+0\.5\s+open\s+4\s+12\s+3$", text, re.M), text
-    assert re.search(r"^order\.\* -> erp\s+80\.0%\s+2\s+10$", text, re.M), text
+    assert re.search(r"^erp\s+100\s+290\s+5\s+0\.0225\s+0\.5\s+open\s+4\s+12\s+3$", text, re.M), text
+    assert re.search(r"^order\.\* -> erp\s+80\.0%\s+2\s+9\.75$", text, re.M), text
     json.dumps(v)  # --json prints it as is
 
 

@@ -44,15 +44,21 @@ def _by(samples: dict, name: str, label: str) -> dict[str, float]:
 
 
 def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
-    """From cumulative (le, count) buckets, the smallest bound holding share ``q`` (None: no data)."""
+    """From cumulative (le, count) buckets, quantile ``q`` interpolated linearly inside its bucket,
+    as Prometheus' ``histogram_quantile`` does (None: no data; past the last bound: that bound)."""
     buckets = sorted(buckets)
     total = buckets[-1][1] if buckets else 0
     if not total:
         return None
+    rank = q * total
+    lower, below = 0.0, 0.0
     for le, n in buckets:
-        if n >= q * total:
-            return le
-    return buckets[-1][0]
+        if n >= rank:
+            if le == float("inf"):
+                return lower
+            return round(lower + (le - lower) * (rank - below) / (n - below), 4) if n > below else le
+        lower, below = le, n
+    return lower
 
 
 def _latency(samples: dict, name: str, keys: tuple[str, ...]) -> dict[tuple[str, ...], dict[str, float | None]]:
