@@ -12,9 +12,11 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
+import msgspec
+
 from router.wire import TRACEPARENT
 
-__all__ = ["traceparent_of", "with_traceparent"]
+__all__ = ["RecordTrace", "record_trace", "traceparent_of", "with_traceparent"]
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
@@ -26,6 +28,23 @@ def traceparent_of(headers: Mapping[str, str] | None) -> str | None:
     if tp and _TRACEPARENT.match(tp.strip()) and tp.strip()[:2] != "ff":  # version ff is invalid
         return tp.strip()
     return None
+
+
+class RecordTrace(msgspec.Struct):
+    correlation_id: str = ""  # every encoded record carries one
+    traceparent: str = ""  # when its source message had one
+
+
+# Reads only these fields of an encoded record (msgspec skips the rest without building it).
+_trace_decoder = msgspec.json.Decoder(RecordTrace)
+
+
+def record_trace(record: bytes) -> RecordTrace:
+    """A record's correlation id and traceparent, for headers and log lines (empty if unreadable)."""
+    try:
+        return _trace_decoder.decode(record)
+    except msgspec.DecodeError:
+        return RecordTrace()
 
 
 def with_traceparent(record: bytes, tp: str) -> bytes:

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import orjson
 import pytest
 import ray
 from prometheus_client import CollectorRegistry, generate_latest
@@ -429,7 +430,6 @@ def test_planner_puts_the_source_traceparent_into_every_record_of_that_message()
 
 def test_nats_destination_messages_carry_the_correlation_id_header(clean, nats_server):
     import nats
-    import orjson
     from nats.js import api
 
     from router.config import Destination, parse_section
@@ -459,3 +459,64 @@ def test_nats_destination_messages_carry_the_correlation_id_header(clean, nats_s
     assert [m.headers[CORRELATION_ID] for m in msgs] == ["c-0", "c-1", "c-2"]
     assert [m.headers.get("traceparent") for m in msgs] == [None, TRACE, None]
     assert [m.headers["Nats-Msg-Id"] for m in msgs] == ["k0", "k1", "k2"]
+
+
+def test_shard_logs_breaker_dead_letters_and_parking_with_their_fields(caplog):
+    from router.config import Destination, parse_section
+    from router.delivery.dedup_index import DedupIndex
+    from router.delivery.memory_ports import MemoryDeadLetters, MemoryJournal, MemoryParking, ScriptedSink
+    from router.delivery.shard import DestinationShard, ShardPorts
+    from router.sinks import Delivered, Permanent, Transient
+
+    from .simulated_time import run_simulated
+
+    down = {"erp": True}
+
+    def script(keys):
+        if "bad" in keys:
+            return Permanent("HTTP 400", 400, "bad sku", False)
+        return Transient("HTTP 503 from erp") if down["erp"] else Delivered()
+
+    def record(key):
+        return orjson.dumps({"idempotency_key": key, "correlation_id": f"corr-{key}"})
+
+    async def go():
+        cfg = parse_section({"kind": "http", "url": "http://127.0.0.1:1/x", "park": True,
+                             "batch": {"max_records": 10, "linger": 0.005},
+                             "retry": {"max_attempts": 2, "initial_backoff": "10ms"},
+                             "circuit_breaker": {"consecutive_failures": 2, "open_for": "1s", "half_open_probes": 1}},
+                            Destination)
+        clock = asyncio.get_running_loop().time
+        shard = DestinationShard("erp", cfg, ShardPorts(ScriptedSink(script), MemoryJournal(), MemoryDeadLetters(),
+                                                        MemoryParking()),
+                                 DedupIndex(3600, 1000, clock=clock), clock=clock, rand=lambda: 0.0)
+        await shard.start()
+        batch = RecordBatch()
+        for k in ("a", "b", "c"):
+            batch.append(k, record(k), "orders/1")
+        await shard.submit(batch)  # ERP down: retried, the breaker opens, the records park
+        shard.snapshot()  # the poll that logs parking
+        down["erp"] = False
+        await asyncio.sleep(3)  # half-open probe succeeds, the park is replayed
+        bad = RecordBatch()
+        bad.append("bad", record("bad"), "orders/2")
+        await shard.submit(bad)
+        st = shard.snapshot()
+        await shard.close()
+        return st
+
+    with caplog.at_level(logging.INFO):
+        st = run_simulated(go())
+    events = [r for r in caplog.records if hasattr(r, "event")]
+    kinds = [r.event for r in events]
+    transitions = [(r.from_state, r.to_state) for r in events if r.event == "breaker"]
+    assert transitions[:3] == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")], transitions
+    assert "HTTP 503" in next(r for r in events if r.event == "breaker").reason
+    parked = next(r for r in events if r.event == "park")
+    assert parked.destination == "erp" and parked.count == 3
+    assert "replay" in kinds
+    [dead] = [r for r in events if r.event == "dead_letter"]
+    assert (dead.destination, dead.count, dead.status, dead.idempotency_key, dead.correlation_id) == (
+        "erp", 1, 400, "bad", "corr-bad")
+    assert st.request_seconds.count == st.requests and st.batch_records.count == st.requests
+    assert all(r.levelno > logging.INFO or r.event in ("breaker", "replay") for r in events)

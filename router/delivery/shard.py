@@ -27,6 +27,7 @@ from router.delivery.dedup_index import DedupIndex, key_hash
 from router.delivery.intake import DEAD_LETTERED, DELIVERED, PARKED, Completion, Intake, PendingRecord
 from router.delivery.latency import LatencyRecorder
 from router.delivery.park_events import ParkEventLog
+from router.tracing import record_trace
 from router.delivery.park_replay import ParkAndReplay
 from router.delivery.ports import DeadLetters, DedupJournal, ParkedRecord, Parking, Record, Sink
 from router.delivery.send_policy import (BREAKER_OPEN, DEAD_LETTER, DONE, GIVE_UP, PARK, RETRY, SPLIT,
@@ -346,6 +347,7 @@ class DestinationShard:
         log.warning("%s: %d records dead-lettered: %s", self.name, len(batch), outcome.reason,
                     extra={"event": "dead_letter", "destination": self.name, "count": len(batch),
                            "reason": outcome.reason, "status": outcome.status, "idempotency_key": batch[0].key,
+                           "correlation_id": record_trace(batch[0].payload).correlation_id,
                            "origin": batch[0].origin})
         self.stats.dead_lettered += len(batch)
         self.intake.settle(batch, DEAD_LETTERED)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 
-import msgspec
 import nats.errors
 from nats.aio.client import Client
 
@@ -18,6 +17,7 @@ from router.config_base import DestinationBase, Subject
 from router.jetstream.pipelined_publisher import PipelinedPublisher, PublishError
 
 from router.sinks.kind import SinkKind
+from router.tracing import record_trace
 from router.wire import CORRELATION_ID, IDEMPOTENCY_KEY, NATS_MSG_ID, ROUTES_REVISION, TRACEPARENT
 from router.sinks.outcome import Delivered, Outcome, Permanent, Transient
 
@@ -31,21 +31,11 @@ class NatsDestination(DestinationBase, tag="nats", kw_only=True):
     jetstream: bool = True  # publish with JetStream acks (the subject must be in a stream)
 
 
-class _Correlated(msgspec.Struct):
-    correlation_id: str = ""
-    traceparent: str = ""  # present when the source message had one (router/tracing.py)
-
-
-# Reads only the one field of an encoded record (msgspec skips the rest without building it).
-_correlation = msgspec.json.Decoder(_Correlated)
-
-
 def trace_headers(payload: bytes) -> dict[str, str]:
     """The headers a record's message carries for tracing: its ``correlation_id`` (every encoded
     record has one) and, when the source message had one, its ``traceparent``."""
-    try:
-        rec = _correlation.decode(payload)
-    except msgspec.DecodeError:
+    rec = record_trace(payload)
+    if not rec.correlation_id:
         return {}
     if rec.traceparent:
         return {CORRELATION_ID: rec.correlation_id, TRACEPARENT: rec.traceparent}
