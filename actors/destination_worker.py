@@ -30,6 +30,8 @@ from router.actors.destination_limits import RayLimits
 
 __all__ = ["DestinationWorker"]
 
+_TURN_WAIT = 5.0  # seconds a call waits for an earlier call of the same ingest actor that has not come
+
 log = logging.getLogger(__name__)
 
 
@@ -49,6 +51,8 @@ class DestinationWorker:
         self._nc = None
         self.loaded_keys = 0
         self.revision = revision  # of the live config whose settings ``dest`` holds
+        self._turns: dict[str, int] = {}  # ingest actor -> the next call of its to take its place
+        self._turn_changed = asyncio.Event()
 
     async def _ready(self) -> DestinationShard:
         if self._shard is not None:
@@ -89,11 +93,45 @@ class DestinationWorker:
         await self._ready()
         return self.loaded_keys
 
-    async def submit(self, batch: bytes) -> SubmitResult:
-        """A ``RecordBatch`` in its wire form; returns once every record in it is final."""
+    async def submit(self, batch: bytes, sender: str = "", seq: int = 0) -> SubmitResult:
+        """A ``RecordBatch`` in its wire form; returns once every record in it is final.
+
+        ``sender`` / ``seq``: the ingest actor and its count of calls to this shard. Ray does not keep
+        the order of calls to an async actor, so calls take their place in the queue in ``seq`` order
+        (records with an ordering key depend on it); a gap waits at most ``_TURN_WAIT`` seconds."""
         shard = await self._ready()
         records = RecordBatch.decode(batch)
-        return await shard.submit(records, records.revision)
+        if not sender:
+            return await shard.submit(records, records.revision)
+        await self._turn(sender, seq)
+        admitted = asyncio.get_running_loop().create_future()
+        task = asyncio.get_running_loop().create_task(shard.submit(records, records.revision, admitted))
+        try:
+            await asyncio.wait([admitted, task], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._next_turn(sender, seq)
+        return await task
+
+    async def _turn(self, sender: str, seq: int) -> None:
+        turns = self._turns
+        if sender not in turns:
+            turns[sender] = seq  # the first call seen from this sender (a new or restarted ingest actor)
+        deadline = asyncio.get_running_loop().time() + _TURN_WAIT
+        while turns[sender] < seq:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                log.warning("%s/%d: call %d of %s waited %.0fs for call %d; going on", self.name, self.shard,
+                            seq, sender, _TURN_WAIT, turns[sender])
+                return
+            self._turn_changed.clear()
+            try:
+                await asyncio.wait_for(self._turn_changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    def _next_turn(self, sender: str, seq: int) -> None:
+        self._turns[sender] = max(self._turns.get(sender, 0), seq + 1)
+        self._turn_changed.set()
 
     async def reconfigure(self, dest: Any, revision: int) -> None:
         """New settings for this destination, applied in place (see ``DestinationShard.reconfigure``)."""

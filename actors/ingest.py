@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 import msgspec
@@ -55,6 +56,8 @@ class IngestActor:
         self.src = next(s for s in cfg.sources if s.name == source)
         self.index = index
         self.stats_ = IngestStats(source=source)
+        self._sender = uuid.uuid4().hex  # per incarnation: a restarted actor counts its calls from 0 again
+        self._seqs: dict[tuple[str, int], int] = {}
         self._use(cfg, sink_actor_names, revision)
         self._stopping = asyncio.Event()
         self._running = asyncio.Event()  # cleared while paused for a reload
@@ -63,6 +66,12 @@ class IngestActor:
         self._open: dict[int, tuple[float, list[Any]]] = {}  # batch id -> (fetched at, messages)
         self._batch_ids = 0
         self.consumer: PullConsumer | None = None
+
+    def _next_seq(self, dest: str, shard: int) -> int:
+        """This actor's count of calls to one sink actor: it puts them in order at the other end."""
+        n = self._seqs.get((dest, shard), 0)
+        self._seqs[(dest, shard)] = n + 1
+        return n
 
     def _use(self, cfg: Config, sink_actor_names: dict[str, list[str]], revision: int) -> None:
         # By name, not by handle: a restarted ingest actor finds the sink actors again by itself.
@@ -187,7 +196,7 @@ class IngestActor:
         letters = [dlq.ingest_failure(self.src.name, msgs[i].data, reason, subject=msgs[i].subject,
                                       stream_seq=seqs[i], headers=msgs[i].headers)
                    for i, reason in rejected]
-        calls = [(idx, workers[dest][shard].submit.remote(records.encode()))
+        calls = [(idx, workers[dest][shard].submit.remote(records.encode(), self._sender, self._next_seq(dest, shard)))
                  for (dest, shard), (records, idx) in plan.work.items()]
         # Letter by letter: one that cannot be stored is NAKed alone (redelivered later), the
         # others are acked. An oversized one is cut to fit by the publisher, never refused for size.

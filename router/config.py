@@ -134,6 +134,9 @@ class Route(Base):
     destinations: Annotated[list[Name], msgspec.Meta(min_length=1)]
     match: Match = Match()
     encoder: str = "canonical"  # see `router encoders`
+    # Field paths whose values together name a sequence (`[data.order_id]`, `[data.sku, data.location_id]`):
+    # records with equal values reach each destination in source order. Empty: no order promised.
+    ordering_key: list[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]] = []
 
 
 class RoutesFile(Base):
@@ -334,6 +337,14 @@ def check_references(cfg: Config, file: str, routes_file: str) -> None:
             if src.scale_down_pending >= src.scale_up_pending:
                 raise ConfigError(file, f"sources[{i}].scale_down_pending",
                                   f"must be below scale_up_pending ({src.scale_up_pending}), or the count would flap")
+    ordered = next((r.name for r in cfg.route_list if r.ordering_key), None)
+    if ordered:
+        for i, src in enumerate(cfg.sources):
+            if src.ingest_actors > 1 or (src.max_ingest_actors or 1) > 1:
+                raise ConfigError(file, f"sources[{i}].ingest_actors",
+                                  f"route `{ordered}` has an ordering_key: each source needs exactly one ingest actor "
+                                  "(several share one consumer and interleave its batches); set ingest_actors: 1 "
+                                  "and no max_ingest_actors")
 
 
 def parse_section(raw: Any, tp: Any, file: str = "<config>", path: str = "") -> Any:

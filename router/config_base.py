@@ -155,6 +155,9 @@ class DestinationBase(Base, tag_field="kind"):
     park: bool = True  # breaker open, buffer full or retries exhausted: park durably (false: NAK the source)
     pool_size: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # sink actors; each owns a key-hash shard of dedup
     timeout: Duration = 10.0  # per request
+    # After a record with an ordering key is dead-lettered, its later records of that key: `continue` (deliver
+    # them) or `hold` (dead-letter them too, as held, so `router dlq replay` can put the sequence back in order).
+    after_dead_letter: Literal["continue", "hold"] = "continue"
 
     @property
     def kind(self) -> str:

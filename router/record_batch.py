@@ -7,6 +7,7 @@ which profiling showed to be the ingest actor's largest single cost.
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator
 
 import msgspec
@@ -26,12 +27,23 @@ class RecordBatch(msgspec.Struct, array_like=True):
     # ((name, SLO seconds)), or -1 for none; empty otherwise.
     workflow: list[int] = msgspec.field(default_factory=list)
     workflows: list[tuple[str, float]] = msgspec.field(default_factory=list)
+    # Per record, the hash of its ordering key (0: none; see `ordering_key` in the route table). Empty when
+    # no record of the batch has one.
+    order_keys: list[int] = msgspec.field(default_factory=list)
 
-    def append(self, key: str, payload: bytes, origin: str, published: int = 0) -> None:
+    def append(self, key: str, payload: bytes, origin: str, published: int = 0, order_key: int = 0) -> None:
+        if order_key and len(self.order_keys) < len(self.keys):  # the first record with one: pad the column
+            self.order_keys.extend([0] * (len(self.keys) - len(self.order_keys)))
         self.keys.append(key)
         self.payloads.append(payload)
         self.origins.append(origin)
         self.published.append(published)
+        if order_key or self.order_keys:
+            self.order_keys.append(order_key)
+
+    def order_key_column(self) -> list[int] | itertools.repeat:
+        """Each record's ordering key hash (0: none), to zip with the other columns."""
+        return self.order_keys or itertools.repeat(0)
 
     def __len__(self) -> int:
         return len(self.keys)

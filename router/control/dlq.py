@@ -28,7 +28,8 @@ from nats.js import JetStreamContext, api
 from router.config import Config, Duration
 from router.jetstream.dead_letters import H
 from router.ingest.plan import shard_of
-from router.wire import IDEMPOTENCY_KEY, ORIGIN, PARKED_REASON, park_subject
+from router.jetstream.parking import parse_order_key
+from router.wire import IDEMPOTENCY_KEY, ORDERING_KEY, ORIGIN, PARKED_REASON, park_subject
 
 __all__ = ["DeadLetterFilter", "DeadLetterView", "dead_letter_stream_exists", "get_dead_letters",
            "iter_dead_letters", "parse_when", "replay", "replay_plan"]
@@ -141,9 +142,11 @@ def _replay_target(cfg: Config, dl: DeadLetterView) -> tuple[str, dict[str, str]
         if dest not in cfg.destinations:
             return f"destination `{dest}` is not in this config"
         key = h.get(H.KEY, "")
-        shard = shard_of(key, cfg.destinations[dest].pool_size)
+        okey = parse_order_key(h.get(ORDERING_KEY))
+        shard = shard_of(key, cfg.destinations[dest].pool_size, okey)
         return (park_subject(cfg.parking.subject_prefix, dest, shard),
-                {IDEMPOTENCY_KEY: key, ORIGIN: h.get(H.SOURCE, ""), PARKED_REASON: f"replay of dead letter {dl.seq}"})
+                {IDEMPOTENCY_KEY: key, ORIGIN: h.get(H.SOURCE, ""), PARKED_REASON: f"replay of dead letter {dl.seq}",
+                 **({ORDERING_KEY: h[ORDERING_KEY]} if okey else {})})
     if dl.stage == "ingest":
         subject = h.get(H.SUBJECT)
         if not subject:

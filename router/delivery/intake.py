@@ -36,11 +36,12 @@ class Completion:
 
 
 class PendingRecord:
-    __slots__ = ("h", "key", "payload", "origin", "revision", "group", "queued_at", "outcome")
+    __slots__ = ("h", "key", "payload", "origin", "revision", "okey", "group", "queued_at", "outcome")
 
     def __init__(self, h: int, key: str, payload: bytes, origin: str, revision: int, group: Completion,
-                 queued_at: float) -> None:
+                 queued_at: float, okey: int = 0) -> None:
         self.h, self.key, self.payload, self.origin, self.revision = h, key, payload, origin, revision
+        self.okey = okey  # ordering key hash: 0 none
         self.group, self.queued_at = group, queued_at
         self.outcome: Any = None  # DELIVERED, DEAD_LETTERED, PARKED or the exception that stopped it
 
@@ -51,7 +52,7 @@ class Admission:
     __slots__ = ("fresh", "duplicates", "waits_on")
 
     def __init__(self) -> None:
-        self.fresh: list[tuple[int, str, bytes, str]] = []  # (hash, key, payload, origin), in order
+        self.fresh: list[tuple[int, str, bytes, str, int]] = []  # (hash, key, payload, origin, ordering key)
         self.duplicates = 0
         self.waits_on: set[Completion] = set()  # deliveries in hand that stand for some of these records
 
@@ -64,12 +65,18 @@ class Intake:
         self.queue: list[PendingRecord] = []
         self.queue_bytes = 0
         self.wakeup = asyncio.Event()
+        # Ordering keys with a batch on its way: their later records wait, so a sequence is never
+        # sent by two requests at once (the later could overtake the earlier, or its retries).
+        self.busy: set[int] = set()
+        self.released = asyncio.Event()  # set whenever a batch gives its ordering keys back
 
-    def admit(self, records: Iterable[tuple[str, bytes, str]]) -> Admission:
+    def admit(self, records: Any) -> Admission:
+        """``records``: a ``RecordBatch``."""
         out = Admission()
         seen: set[int] = set()
         contains, in_flight, fresh = self.index.contains, self.in_flight, out.fresh
-        for key, payload, origin in records:
+        for key, payload, origin, okey in zip(records.keys, records.payloads, records.origins,
+                                              records.order_key_column()):
             h = key_hash(key)
             if h in seen or contains(h):
                 out.duplicates += 1
@@ -80,14 +87,14 @@ class Intake:
                 out.duplicates += 1
                 continue
             seen.add(h)
-            fresh.append((h, key, payload, origin))
+            fresh.append((h, key, payload, origin, okey))
         return out
 
-    def enqueue(self, fresh: list[tuple[int, str, bytes, str]], revision: int, group: Completion,
+    def enqueue(self, fresh: list[tuple[int, str, bytes, str, int]], revision: int, group: Completion,
                 now: float) -> list[PendingRecord]:
         items = []
-        for h, key, payload, origin in fresh:
-            item = PendingRecord(h, key, payload, origin, revision, group, now)
+        for h, key, payload, origin, okey in fresh:
+            item = PendingRecord(h, key, payload, origin, revision, group, now, okey)
             items.append(item)
             self.in_flight[h] = group
             self.queue_bytes += len(payload)
@@ -122,12 +129,63 @@ class Intake:
         max_records, max_bytes = self.batch.max_records, self.batch.max_bytes
         n, size = 0, 0
         revision = self.queue[0].revision if self.queue else 0
+        busy = self.busy
+        if busy and any(i.okey in busy for i in self.queue):
+            return self._take_around_busy(max_records, max_bytes)
         for item in self.queue:
             if n and (n >= max_records or size + len(item.payload) > max_bytes or item.revision != revision):
                 break
             n += 1
             size += len(item.payload)
-        return self._take_first(n)
+        batch = self._take_first(n)
+        busy.update(i.okey for i in batch if i.okey)
+        return batch
+
+    def _take_around_busy(self, max_records: int, max_bytes: int) -> list[PendingRecord]:
+        """A batch of the queued records whose ordering key has no batch on its way; the others stay
+        queued, in their order, until it is done."""
+        busy = self.busy
+        taken: list[PendingRecord] = []
+        kept: list[PendingRecord] = []
+        size, revision = 0, None
+        for item in self.queue:
+            full = taken and (len(taken) >= max_records or size + len(item.payload) > max_bytes
+                              or item.revision != revision)
+            if full or (item.okey and item.okey in busy):
+                kept.append(item)
+                continue
+            if revision is None:
+                revision = item.revision
+            taken.append(item)
+            size += len(item.payload)
+        self.queue = kept
+        self.queue_bytes -= size
+        busy.update(i.okey for i in taken if i.okey)
+        return taken
+
+    def release(self, batch: list[PendingRecord]) -> None:
+        """A batch is done (whatever its outcome): later records of its ordering keys may go."""
+        if self.busy:
+            for i in batch:
+                self.busy.discard(i.okey)
+            self.wakeup.set()
+            self.released.set()
+
+    def ahead_of(self, okeys: set[int]) -> bool:
+        """Whether a record of one of these ordering keys is queued or on its way: records of those
+        keys arriving now must not go to the park before it."""
+        return bool(okeys & self.busy) or any(i.okey in okeys for i in self.queue)
+
+    def take_parkable(self) -> list[PendingRecord]:
+        """Every queued record whose ordering key has no batch on its way (those wait for it)."""
+        if not self.busy:
+            return self.take_all()
+        return self.take_while_free(lambda i: True)
+
+    def take_while_free(self, pred: Callable[[PendingRecord], bool]) -> list[PendingRecord]:
+        """The prefix of the queue matching ``pred``, up to the first record whose ordering key is busy."""
+        busy = self.busy
+        return self.take_while(lambda i: pred(i) and not (i.okey and i.okey in busy))
 
     def take_while(self, pred: Callable[[PendingRecord], bool]) -> list[PendingRecord]:
         """The longest prefix of the queue whose records match ``pred``."""

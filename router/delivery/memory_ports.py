@@ -17,9 +17,11 @@ __all__ = ["MemoryDeadLetters", "MemoryJournal", "MemoryParking", "ScriptedSink"
 
 
 class ScriptedSink:
-    """Answers each batch with ``script(keys)``; takes ``latency`` seconds (of the loop's clock)."""
+    """Answers each batch with ``script(keys)``; takes ``latency`` seconds (of the loop's clock), or
+    ``latency()`` seconds when it is a function."""
 
-    def __init__(self, script: Callable[[list[str]], Outcome] | None = None, latency: float = 0.0,
+    def __init__(self, script: Callable[[list[str]], Outcome] | None = None,
+                 latency: float | Callable[[], float] = 0.0,
                  clock: Callable[[], float] | None = None) -> None:
         self.script = script or (lambda keys: Delivered())
         self.latency = latency
@@ -48,7 +50,7 @@ class ScriptedSink:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            await asyncio.sleep(self.latency)
+            await asyncio.sleep(self.latency() if callable(self.latency) else self.latency)
             outcome = self.script(list(keys))
         finally:
             self.in_flight -= 1
@@ -62,7 +64,7 @@ class MemoryJournal:
         self.committed: list[int] = []
         self.fail_next = 0  # the next n commits raise (the shard retries them)
 
-    async def commit(self, hashes: list[int]) -> None:
+    async def commit(self, hashes: list[int], shards: list[int] | None = None) -> None:
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("journal unavailable")
@@ -74,9 +76,10 @@ class MemoryDeadLetters:
         self.letters: list[dict[str, Any]] = []
 
     def destination_failure(self, destination: str, key: str, record: bytes, reason: str, *,
-                            status: int | None = None, response: str = "", origin: str = "") -> dict[str, Any]:
+                            status: int | None = None, response: str = "", origin: str = "",
+                            order_key: int = 0) -> dict[str, Any]:
         return {"destination": destination, "key": key, "record": record, "reason": reason, "status": status,
-                "response": response, "origin": origin}
+                "response": response, "origin": origin, "order_key": order_key}
 
     async def publish(self, letters: list[dict[str, Any]]) -> None:
         self.letters.extend(letters)
@@ -113,13 +116,13 @@ class MemoryParking:
     async def fetch(self, n: int, timeout: float) -> list[ParkedRecord]:
         now = asyncio.get_running_loop().time()
         out = []
-        for seq, (key, payload, origin, revision) in self._records.items():
+        for seq, (key, payload, origin, revision, okey) in self._records.items():
             if len(out) >= n:
                 break
             if seq in self._out or self._not_before.get(seq, 0.0) > now:
                 continue
             self._out.add(seq)
-            out.append(ParkedRecord(key, payload, origin, revision, seq))
+            out.append(ParkedRecord(key, payload, origin, revision, seq, okey, seq))
         if not out:
             await asyncio.sleep(timeout)  # a pull request that waits, as JetStream's does
         return out

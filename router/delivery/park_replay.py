@@ -27,6 +27,7 @@ __all__ = ["ParkAndReplay"]
 log = logging.getLogger(__name__)
 
 PROBE_RECORDS = 10  # records read for one half-open probe
+NAK_DELAY = 1.0  # seconds before a parked record that was not delivered is read again
 
 
 class ParkAndReplay:
@@ -37,7 +38,10 @@ class ParkAndReplay:
         self.buffer = buffer
         self.backlog = 0  # records parked and not yet replayed: new records queue up behind them
         self.parked = 0
-
+        self._order = asyncio.Lock()  # parks are stored one after the other, in the order asked
+        # Park sequence numbers of records with an ordering key that were sent back (NAKed) and
+        # have not come back and been delivered: nothing after them goes before they do.
+        self._held_back: set[int] = set()
     async def open(self) -> None:
         self.backlog = await self.parking.open()
 
@@ -53,7 +57,8 @@ class ParkAndReplay:
 
     async def park(self, records: list[Record], reason: str) -> None:
         """Store durably (raises if not stored); the records are then final for the source."""
-        await self.parking.park(records, reason)
+        async with self._order:
+            await self.parking.park(records, reason)
         self.backlog += len(records)
         self.parked += len(records)
 
@@ -78,25 +83,55 @@ class ParkAndReplay:
                 log.warning("%s: reading parked records failed (%s)", self.name, exc)
                 records = []
                 await asyncio.sleep(0.5)
+            if records and any(r.okey for r in records):
+                records = await self._in_sequence(records)
             if not records:
                 if probe:
                     self.breaker.release_probe()
-                if self.backlog:
+                if self.backlog and not self._held_back:
                     self.backlog = 0  # drained: new records go straight to the destination again
                     on_drained()
                 continue
             outcomes = await deliver(records, probe)
-            await self._settle(records, outcomes)
+            if await self._settle(records, outcomes):
+                await asyncio.sleep(NAK_DELAY + 0.1)  # let the NAKed records become due before reading again
 
-    async def _settle(self, records: list[ParkedRecord], outcomes: list[str | None]) -> None:
-        done = 0
+    async def _in_sequence(self, records: list[ParkedRecord]) -> list[ParkedRecord]:
+        """Records with ordering keys are delivered in park order, whatever order the park hands them
+        back in (a NAKed record comes back after its delay, when later ones may already be out): a
+        record goes only when no earlier record that was sent back is still out; the others are
+        sent back too, to come again after it."""
+        present = {r.seq for r in records}
+        missing = [s for s in self._held_back if s not in present]
+        limit = min(missing) if missing else None
+        go, later = [], []
+        for r in sorted(records, key=lambda r: r.seq):
+            (go if limit is None or r.seq < limit else later).append(r)
+        for r in later:
+            try:
+                await self.parking.nak(r, NAK_DELAY)
+                self._held_back.add(r.seq)
+            except Exception:  # it comes back after the park's ack wait; still held back by its seq
+                self._held_back.add(r.seq)
+        if later and not go:
+            await asyncio.sleep(0.1)
+        return go
+
+    async def _settle(self, records: list[ParkedRecord], outcomes: list[str | None]) -> int:
+        """Ack the final records, NAK the others; returns how many were NAKed."""
+        done = naked = 0
         for rec, outcome in zip(records, outcomes):
             try:
                 if outcome in (DELIVERED, DEAD_LETTERED):
+                    self._held_back.discard(rec.seq)
                     await self.parking.ack(rec)
                     done += 1
                 else:
-                    await self.parking.nak(rec, 1.0)
+                    if rec.okey:
+                        self._held_back.add(rec.seq)
+                    await self.parking.nak(rec, NAK_DELAY)
+                    naked += 1
             except Exception:  # the record stays parked and comes back: dedup covers a repeat
                 pass
         self.backlog = max(0, self.backlog - done)
+        return naked

@@ -14,8 +14,9 @@ from router.sinks.outcome import Outcome
 
 __all__ = ["DeadLetters", "DedupJournal", "ParkedRecord", "Parking", "Record", "Sink"]
 
-# (idempotency key, encoded record, origin "<source>/<stream seq>", route table revision that routed it)
-Record = tuple[str, bytes, str, int]
+# (idempotency key, encoded record, origin "<source>/<stream seq>", route table revision that routed it,
+#  ordering key hash or 0)
+Record = tuple[str, bytes, str, int, int]
 
 
 class Sink(Protocol):
@@ -29,18 +30,23 @@ class Sink(Protocol):
 
 
 class DedupJournal(Protocol):
-    """Durable memory of the keys delivered; ``commit`` raises if they were not stored."""
+    """Durable memory of the keys delivered; ``commit`` raises if they were not stored. ``shards``:
+    per key, the hash that chose its shard (its ordering key's, when it is not the key's own), so
+    a shard that starts loads exactly its own keys."""
 
-    async def commit(self, hashes: list[int]) -> None: ...
+    async def commit(self, hashes: list[int], shards: list[int] | None = None) -> None: ...
 
 
 class ParkedRecord:
     """A record read back from the park; ``handle`` is the parking implementation's own token."""
 
-    __slots__ = ("key", "payload", "origin", "revision", "handle")
+    __slots__ = ("key", "payload", "origin", "revision", "okey", "seq", "handle")
 
-    def __init__(self, key: str, payload: bytes, origin: str, revision: int = 0, handle: Any = None) -> None:
+    def __init__(self, key: str, payload: bytes, origin: str, revision: int = 0, handle: Any = None,
+                 okey: int = 0, seq: int = 0) -> None:
         self.key, self.payload, self.origin, self.revision, self.handle = key, payload, origin, revision, handle
+        self.okey = okey
+        self.seq = seq  # its place in the park: records are parked in order, so in sequence order
 
 
 class Parking(Protocol):
@@ -71,6 +77,7 @@ class DeadLetters(Protocol):
     """Records a destination refused for good, stored with the reason before the source is acked."""
 
     def destination_failure(self, destination: str, key: str, record: bytes, reason: str, *,
-                            status: int | None = None, response: str = "", origin: str = "") -> Any: ...
+                            status: int | None = None, response: str = "", origin: str = "",
+                            order_key: int = 0) -> Any: ...
 
     async def publish(self, letters: list[Any]) -> None: ...

@@ -45,6 +45,11 @@ __all__ = ["DestinationShard", "RetriesExhausted", "ShardPorts", "batch_id"]
 log = logging.getLogger(__name__)
 
 
+def _set(future: asyncio.Future | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
 class RetriesExhausted(Exception):
     """A batch kept failing and could not be parked; its records were not delivered (the source is NAKed)."""
 
@@ -89,6 +94,7 @@ class DestinationShard:
         self.stats = DestinationStats()
         self.latency = LatencyRecorder(name, self.stats)
         self.park_events = ParkEventLog(name)
+        self.held: set[int] = set()  # ordering keys held behind a dead letter (`after_dead_letter: hold`)
         self._sending: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
         self._closing = False
@@ -145,21 +151,27 @@ class DestinationShard:
 
     # -- intake -----------------------------------------------------------------------------------
 
-    async def submit(self, records: Any, revision: int = 0) -> SubmitResult:
-        """``records``: (key, payload, origin) tuples, e.g. a ``RecordBatch``; ``revision``: the route
-        table revision that routed them."""
+    async def submit(self, records: Any, revision: int = 0, admitted: asyncio.Future | None = None) -> SubmitResult:
+        """``records``: a ``RecordBatch``; ``revision``: the route table revision that routed them.
+        ``admitted`` is set once the records have their place (queued or parked): from then on
+        records submitted later go behind them."""
         adm = self.intake.admit(records)
         self.stats.duplicates += adm.duplicates
         items: list[PendingRecord] = []
         parked_now = 0
         reason = self.park.reason_to_park(len(self.intake.queue), len(adm.fresh)) if self.park else None
+        if reason is not None and adm.fresh and (self.intake.busy or self.intake.queue):
+            await self._wait_until_behind(adm.fresh)
         if reason is not None and adm.fresh:
-            await self.park.park([(k, p, o, revision) for _, k, p, o in adm.fresh], reason)
+            await self.park.park([(k, p, o, revision, ok) for _, k, p, o, ok in adm.fresh], reason)
             parked_now = len(adm.fresh)
+            _set(admitted)
         elif adm.fresh:
             group = Completion(len(adm.fresh), asyncio.get_running_loop().create_future())
             items = self.intake.enqueue(adm.fresh, revision, group, self._clock())
+            _set(admitted)
             await group.future
+        _set(admitted)
         if adm.waits_on:
             await asyncio.gather(*(g.future for g in adm.waits_on))
         self.latency.observe(records, items)
@@ -182,8 +194,13 @@ class DestinationShard:
                 await intake.wakeup.wait()
                 continue
             if self.park is not None and not self.breaker.allows_traffic():
-                await self._park_items(intake.take_all(),
-                                       f"circuit breaker {self.breaker.state}: {self.breaker.last_reason}")
+                parkable = intake.take_parkable()
+                if parkable:
+                    await self._park_items(parkable,
+                                           f"circuit breaker {self.breaker.state}: {self.breaker.last_reason}")
+                else:  # only records waiting for their sequence's batch on its way: wait for it
+                    intake.wakeup.clear()
+                    await intake.wakeup.wait()
                 continue
             wait = intake.queue[0].queued_at + linger - self._clock()
             if not intake.is_full() and wait > 0 and not self._closing:
@@ -195,9 +212,12 @@ class DestinationShard:
                 continue
             await self.concurrency.acquire()
             batch = intake.take_batch()
-            if not batch:  # parked while we waited for a slot
+            if not batch:
                 await self.concurrency.release()
-                continue
+                if intake.queue:  # every queued record waits for its sequence's batch on its way
+                    intake.wakeup.clear()
+                    await intake.wakeup.wait()
+                continue  # (or they were parked while we waited for a slot)
             self._spawn(self._deliver(batch))
 
     def _spawn(self, coro: Any) -> None:
@@ -223,11 +243,23 @@ class DestinationShard:
         """Move queued or failing records to the park and settle them as parked (or failed, if that fails)."""
         assert self.park is not None
         try:
-            await self.park.park([(i.key, i.payload, i.origin, i.revision) for i in items], reason)
+            await self.park.park([(i.key, i.payload, i.origin, i.revision, i.okey) for i in items], reason)
         except Exception as exc:
             self.intake.settle(items, RetriesExhausted(f"could not park: {exc}"))
         else:
             self.intake.settle(items, PARKED)
+
+    async def _wait_until_behind(self, fresh: list[tuple[int, str, bytes, str, int]]) -> None:
+        """Before parking records that carry an ordering key, let the earlier records of that key that
+        are queued or on their way reach the destination or the park first."""
+        okeys = {f[4] for f in fresh if f[4]}
+        while okeys and self.intake.ahead_of(okeys):
+            self.intake.released.clear()
+            self.intake.wakeup.set()
+            try:
+                await asyncio.wait_for(self.intake.released.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
 
     async def _park_stale_loop(self) -> None:
         """A record that waited ``buffer.max_wait`` goes to the park, so the source is not held up."""
@@ -236,7 +268,7 @@ class DestinationShard:
         while not self._closing:
             await asyncio.sleep(every)
             cutoff = self._clock() - max_wait
-            stale = self.intake.take_while(lambda i: i.queued_at <= cutoff)  # the queue is in arrival order
+            stale = self.intake.take_while_free(lambda i: i.queued_at <= cutoff)  # the queue is in arrival order
             if stale:
                 await self._park_items(stale, f"waited over {max_wait:g}s for {self.name}")
 
@@ -256,16 +288,25 @@ class DestinationShard:
             if other is not None:
                 waits.append((h, other))  # another delivery has it in hand
                 continue
-            item = PendingRecord(h, rec.key, rec.payload, rec.origin, rec.revision, group, now)
+            item = PendingRecord(h, rec.key, rec.payload, rec.origin, rec.revision, group, now, rec.okey)
             items.append(item)
             waits.append((h, item))
         group.remaining = len(items)
         if probe and not items:
             self.breaker.release_probe()
         step = self.cfg.batch.max_records
+        ordered = any(i.okey for i in items)
         for i in range(0, len(items), step):
+            if ordered and i and items[i - 1].outcome not in (DELIVERED, DEAD_LETTERED):
+                # The batch before did not get through: stop here; the rest goes back to the park
+                # (NAKed) and comes back after it, in order.
+                intake.settle(items[i:], RetriesExhausted("behind a parked record that was not delivered"))
+                break
             await self.concurrency.acquire()
-            self._spawn(self._deliver(items[i:i + step], from_park=True))
+            if ordered:  # one batch after the other: a sequence split over two batches keeps its order
+                await self._deliver(items[i:i + step], from_park=True)
+            else:
+                self._spawn(self._deliver(items[i:i + step], from_park=True))
         if items:
             await group.future
         others = {w for _, w in waits if isinstance(w, Completion)}
@@ -285,13 +326,29 @@ class DestinationShard:
 
     async def _deliver(self, batch: list[PendingRecord], from_park: bool = False) -> None:
         """Runs holding one concurrency slot, which it gives back at the end."""
+        whole = batch
         try:
-            await self._send(batch, from_park)
+            if self.held:
+                batch = await self._dead_letter_held(batch)
+            if batch:
+                await self._send(batch, from_park)
         except Exception as exc:  # never leave a caller waiting on a future nobody resolves
             log.exception("%s: delivery failed", self.name)
-            self.intake.settle(batch, exc)
+            self.intake.settle(whole, exc)
         finally:
+            if not from_park:  # a batch cut from the queue held its ordering keys (replays go one by one)
+                self.intake.release(whole)
             await self.concurrency.release()
+
+    async def _dead_letter_held(self, batch: list[PendingRecord]) -> list[PendingRecord]:
+        """With `after_dead_letter: hold`: records of an ordering key whose earlier record was
+        dead-lettered follow it to the dead letters (in order), so a replay restores the sequence.
+        Returns the records that go on."""
+        held = [i for i in batch if i.okey in self.held]
+        if not held:
+            return batch
+        await self._dead_letter(held, Permanent("held: an earlier record of its ordering key was dead-lettered"))
+        return [i for i in batch if i.okey not in self.held]
 
     async def _send(self, batch: list[PendingRecord], from_park: bool = False) -> None:
         keys = [i.key for i in batch]
@@ -310,14 +367,21 @@ class DestinationShard:
             step = self.policy.next_step(outcome, attempts, len(batch), from_park=from_park, can_park=can_park)
             if step == DONE:
                 hashes = [i.h for i in batch]
-                await retry_until_done(lambda: self.ports.journal.commit(hashes), f"{self.name}: dedup journal")
+                shards = [i.okey or i.h for i in batch] if any(i.okey for i in batch) else None
+                await retry_until_done(lambda: self.ports.journal.commit(hashes, shards), f"{self.name}: dedup journal")
+                if from_park and self.held:  # a replayed sequence is back in order: its key flows again
+                    self.held.difference_update(i.okey for i in batch)
                 self.index.add_many(hashes)
                 self.stats.delivered += len(batch)
                 self.intake.settle(batch, DELIVERED)
                 return
             if step == SPLIT:  # find the records at fault; the others still get through
                 mid = len(batch) // 2
-                await asyncio.gather(self._send(batch[:mid], from_park), self._send(batch[mid:], from_park))
+                if any(i.okey for i in batch):  # the first half first: a sequence may span both
+                    await self._send(batch[:mid], from_park)
+                    await self._send(batch[mid:], from_park)
+                else:
+                    await asyncio.gather(self._send(batch[:mid], from_park), self._send(batch[mid:], from_park))
                 return
             if step == DEAD_LETTER:
                 assert isinstance(outcome, Permanent)
@@ -340,8 +404,10 @@ class DestinationShard:
     async def _dead_letter(self, batch: list[PendingRecord], outcome: Permanent) -> None:
         dlq = self.ports.dead_letters
         letters = [dlq.destination_failure(self.name, i.key, i.payload, outcome.reason, status=outcome.status,
-                                           response=outcome.response, origin=i.origin)
+                                           response=outcome.response, origin=i.origin, order_key=i.okey)
                    for i in batch]
+        if self.cfg.after_dead_letter == "hold":
+            self.held.update(i.okey for i in batch if i.okey)
         # The dead letter must be stored before the source is acked.
         await retry_until_done(lambda: dlq.publish(letters), f"{self.name}: dead-letter publish")
         log.warning("%s: %d records dead-lettered: %s", self.name, len(batch), outcome.reason,

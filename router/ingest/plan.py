@@ -19,7 +19,7 @@ from router.codecs import EventDecoder, InvalidEvent
 
 from router.delivery.dedup_index import key_hash
 from router.record_batch import RecordBatch
-from router.ingest.routing import RouteTable
+from router.ingest.routing import RouteTable, ordering_hash
 from router.slo import WorkflowTagger
 from router.tracing import traceparent_of, with_traceparent
 
@@ -34,8 +34,10 @@ class Message(Protocol):
     headers: dict[str, str] | None
 
 
-def shard_of(key: str, pool_size: int) -> int:
-    return 0 if pool_size == 1 else key_hash(key) % pool_size
+def shard_of(key: str, pool_size: int, order_key: int = 0) -> int:
+    """The shard of a pool a record goes to: by its ordering key's hash when it has one (a sequence
+    stays in one shard), else by its idempotency key's."""
+    return 0 if pool_size == 1 else (order_key or key_hash(key)) % pool_size
 
 
 class BatchPlan:
@@ -94,9 +96,11 @@ class IngestPlanner:
             for t in routed:
                 out.routed[t.route, t.destination] += 1
             at = published[i] if published else 0
-            for dest, payload in encoded:
-                records, idx = out.work[(dest, shard_of(ev.idempotency_key, pools[dest]))]
-                records.append(ev.idempotency_key, payload, origin, at)
+            for t, (dest, payload) in zip(routed, encoded):
+                # An ordering key picks the shard, so one shard sees each sequence whole, in order.
+                okey = ordering_hash(ev, t.ordering) if t.ordering else 0
+                records, idx = out.work[(dest, shard_of(ev.idempotency_key, pools[dest], okey))]
+                records.append(ev.idempotency_key, payload, origin, at, okey)
                 idx.append(i)
                 if workflows is not None:
                     records.workflow.append(workflows.index(ev.type, dest))
@@ -121,8 +125,9 @@ class IngestPlanner:
                 out.routed[k] += n
             for shard_key, (records, _) in one.work.items():
                 into, idx = out.work[shard_key]
-                for n, (key, payload, origin) in enumerate(records):
-                    into.append(key, payload, origin, records.published[n])
+                for n, (key, payload, origin, okey) in enumerate(zip(records.keys, records.payloads,
+                                                                     records.origins, records.order_key_column())):
+                    into.append(key, payload, origin, records.published[n], okey)
                     idx.append(i)
                 into.workflow.extend(records.workflow)
                 into.workflows = records.workflows

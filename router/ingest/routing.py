@@ -14,8 +14,9 @@ import msgspec
 
 from router.codecs import Encoder, Event, get_encoder
 from router.config import Predicate, Route
+from router.delivery.dedup_index import key_hash
 
-__all__ = ["RouteTable", "RouteTarget", "wildcard_match"]
+__all__ = ["RouteTable", "RouteTarget", "ordering_hash", "wildcard_match"]
 
 _MISSING = object()
 
@@ -85,6 +86,19 @@ class RouteTarget(NamedTuple):
     destination: str
     encoder: Encoder
     route: str
+    ordering: tuple[list[str], ...] = ()  # field paths of the route's ordering key, split at dots
+
+
+def ordering_hash(ev: Event, paths: tuple[list[str], ...]) -> int:
+    """The hash of an event's ordering key (0 when the route has none or the event lacks a field:
+    such a record is delivered without an order promise)."""
+    values = []
+    for path in paths:
+        v = _field(ev, path)
+        if v is _MISSING:
+            return 0
+        values.append(str(v))
+    return key_hash("\x1f".join(values)) if values else 0
 
 
 class _CompiledRoute:
@@ -94,7 +108,8 @@ class _CompiledRoute:
         self.route = route
         self.predicates = [_CompiledPredicate(f, p) for f, p in route.match.where.items()]
         enc = get_encoder(route.encoder)
-        self.targets = [RouteTarget(d, enc, route.name) for d in route.destinations]
+        ordering = tuple(p.split(".") for p in route.ordering_key)
+        self.targets = [RouteTarget(d, enc, route.name, ordering) for d in route.destinations]
 
     def static_match(self, subject: str, type_: str) -> bool:
         m = self.route.match

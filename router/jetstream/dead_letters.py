@@ -20,6 +20,8 @@ import time
 
 from nats.js import JetStreamContext
 
+from router.wire import ORDERING_KEY
+
 __all__ = ["DeadLetter", "DeadLetterPublisher", "H", "printable"]
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default, used until the connection says otherwise
@@ -126,7 +128,8 @@ class DeadLetterPublisher:
         return DeadLetter(f"{self.prefix}.ingest.{source}", payload, h)
 
     def destination_failure(self, destination: str, key: str, record: bytes, reason: str, *,
-                            status: int | None = None, response: str = "", origin: str = "") -> DeadLetter:
+                            status: int | None = None, response: str = "", origin: str = "",
+                            order_key: int = 0) -> DeadLetter:
         h = {
             H.REASON: _header_value(reason),
             H.STAGE: "destination",
@@ -141,6 +144,8 @@ class DeadLetterPublisher:
             h[H.RESPONSE] = _header_value(response, 512)
         if origin:
             h[H.SOURCE] = origin
+        if order_key:  # a replay goes to the shard that holds the record's sequence
+            h[ORDERING_KEY] = f"{order_key:016x}"
         return DeadLetter(f"{self.prefix}.{destination}", record, h)
 
     async def publish(self, letters: list[DeadLetter]) -> None:

@@ -17,11 +17,20 @@ import nats.js.errors
 from nats.js import JetStreamContext, api
 
 from router.delivery.dedup_index import DedupIndex
-from router.wire import journal_subject
+from router.wire import JOURNAL_SHARD_HASHES, journal_subject
 
-__all__ = ["DedupJournal"]
+__all__ = ["DedupJournal", "journal_entry"]
 
 _HASH = struct.Struct(">Q")
+
+
+def journal_entry(data: bytes, headers: dict[str, str] | None) -> tuple[list[int], list[int]]:
+    """(key hashes, the hash that chose each one's shard) of one journal message."""
+    values = [h for (h,) in _HASH.iter_unpack(data)]
+    if headers and headers.get(JOURNAL_SHARD_HASHES):
+        half = len(values) // 2
+        return values[:half], values[half:]
+    return values, values
 
 
 class DedupJournal:
@@ -30,10 +39,16 @@ class DedupJournal:
         self._stream = stream
         self.subject = journal_subject(stream, destination)
 
-    async def commit(self, hashes: list[int]) -> None:
-        """Persist delivered keys; raises unless JetStream stored them (the shard retries)."""
+    async def commit(self, hashes: list[int], shards: list[int] | None = None) -> None:
+        """Persist delivered keys; raises unless JetStream stored them (the shard retries). With
+        ``shards`` (records routed by an ordering key), the message carries, after the key hashes,
+        the hash that chose each one's shard, and says so in a header."""
         payload = b"".join(_HASH.pack(h) for h in hashes)
-        await self._js.publish(self.subject, payload, stream=self._stream, timeout=5)
+        headers = None
+        if shards is not None:
+            payload += b"".join(_HASH.pack(h) for h in shards)
+            headers = {JOURNAL_SHARD_HASHES: "1"}
+        await self._js.publish(self.subject, payload, stream=self._stream, timeout=5, headers=headers)
 
     async def load(self, index: DedupIndex, keep: Callable[[int], bool]) -> int:
         """Replay this destination's keys (inside the window) into ``index``; returns how many were kept."""
@@ -62,9 +77,10 @@ class DedupJournal:
                     break
                 for m in msgs:
                     at = m.metadata.timestamp.timestamp()
-                    hashes = [h for (h,) in _HASH.iter_unpack(m.data) if keep(h)]
-                    index.add_many(hashes, at)
-                    kept += len(hashes)
+                    hashes, shards = journal_entry(m.data, m.headers)
+                    mine = [h for h, s in zip(hashes, shards) if keep(s)]
+                    index.add_many(mine, at)
+                    kept += len(mine)
                 if msgs and msgs[-1].metadata.num_pending == 0:
                     break
         finally:

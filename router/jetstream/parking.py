@@ -14,10 +14,25 @@ from nats.js import api
 
 from router.delivery.ports import ParkedRecord, Record
 from router.jetstream.pipelined_publisher import PipelinedPublisher
-from router.jetstream.pull_consumer import PullConsumer
-from router.wire import IDEMPOTENCY_KEY, ORIGIN, PARKED_REASON, ROUTES_REVISION, park_durable, park_subject
+from router.jetstream.pull_consumer import PullConsumer, stream_seq
+from router.wire import (IDEMPOTENCY_KEY, ORDERING_KEY, ORIGIN, PARKED_REASON, ROUTES_REVISION, park_durable,
+                         park_subject)
 
-__all__ = ["ParkingLot"]
+__all__ = ["ParkingLot", "parse_order_key"]
+
+
+def _headers(key: str, origin: str, reason: str, revision: int, okey: int) -> dict[str, str]:
+    h = {IDEMPOTENCY_KEY: key, ORIGIN: origin, PARKED_REASON: reason, ROUTES_REVISION: str(revision)}
+    if okey:
+        h[ORDERING_KEY] = f"{okey:016x}"
+    return h
+
+
+def parse_order_key(text: str | None) -> int:
+    try:
+        return int(text, 16) if text else 0
+    except ValueError:
+        return 0
 
 
 class ParkingLot:
@@ -48,9 +63,8 @@ class ParkingLot:
     async def park(self, records: list[Record], reason: str) -> None:
         """Store (key, payload, origin) records with JetStream acks; raises if any was not stored."""
         await self._publisher.publish(
-            self.subject, [p for _, p, _, _ in records],
-            [{IDEMPOTENCY_KEY: k, ORIGIN: o, PARKED_REASON: reason, ROUTES_REVISION: str(r)} for k, _, o, r in records],
-            timeout=10)
+            self.subject, [p for _, p, _, _, _ in records],
+            [_headers(k, o, reason, r, ok) for k, _, o, r, ok in records], timeout=10)
 
     async def fetch(self, n: int, timeout: float) -> list[ParkedRecord]:
         msgs = await self._consumer.fetch(n, expires=timeout)
@@ -59,7 +73,8 @@ class ParkingLot:
             headers = m.headers or {}
             revision = headers.get(ROUTES_REVISION, "0")
             out.append(ParkedRecord(headers.get(IDEMPOTENCY_KEY, ""), m.data, headers.get(ORIGIN, ""),
-                                    int(revision) if revision.isdigit() else 0, m))
+                                    int(revision) if revision.isdigit() else 0, m,
+                                    parse_order_key(headers.get(ORDERING_KEY)), stream_seq(m.reply)))
         return out
 
     async def ack(self, record: ParkedRecord) -> None:
