@@ -180,8 +180,8 @@ def test_router_survives_losing_a_node_and_its_driver(clean, nats_server, emulat
     def change(raw):
         raw["ray"] = {"address": address, "namespace": "router-cluster-test"}
         raw["metrics"] = {"port": port}
-        for s in raw["sources"]:
-            s["ack_wait"] = "4s"  # what a lost ingest actor had not acked comes back after this
+        # What a lost ingest actor had not acked comes back after ack_wait. (A copy: the demo's list is shared.)
+        raw["sources"] = [{**s, "ack_wait": "4s"} for s in raw["sources"]]
 
     raw = config_dict(nats_server.url, emulator.url, change)
     cfg_path = tmp_path / "router.yaml"

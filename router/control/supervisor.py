@@ -136,6 +136,7 @@ class Supervisor:
         self._ingest_serial = 0  # ingest actor names stay unique as autoscaling adds and removes them
         self._autoscaler: asyncio.Task | None = None
         self._ingest_names: dict[str, tuple[str, Any]] = {}  # ingest actor name -> (source, actor)
+        self._retired_ingest: list[tuple[str, IngestStats]] = []  # final stats of actors autoscaling removed
         self._stopping = False
         self.run_id = uuid.uuid4().hex[:8]  # actor names are unique per Ray namespace
         self._generation = 0  # a rebuilt destination's new sink actors get new names
@@ -353,11 +354,12 @@ class Supervisor:
 
     async def stats(self) -> RouterStats:
         down: list[str] = []
+        actors = self.ingest  # autoscaling replaces the list; the answers below pair with this one
         ingest = await asyncio.gather(*(self._answer(f"ingest {name}#{i}", a, IngestStats(), down)
-                                        for i, (name, a) in enumerate(self.ingest)))
+                                        for i, (name, a) in enumerate(actors)))
         per_source: dict[str, list[IngestStats]] = {}
-        for (name, _), st in zip(self.ingest, ingest):
-            per_source.setdefault(name, []).append(st)
+        for name, st in [*((n, st) for (n, _), st in zip(actors, ingest)), *self._retired_ingest]:
+            per_source.setdefault(name, []).append(st)  # with the removed actors': counters never go down
         sources = {}
         for name, sts in per_source.items():
             agg = _sum_structs(sts, IngestStats)
@@ -421,6 +423,9 @@ class Supervisor:
         self.ingest = [e for e in self.ingest if e[1] is not actor]
         await actor.stop.remote()
         await asyncio.gather(self._runs.pop(name), return_exceptions=True)
+        final = await actor.stats.remote()
+        final.in_flight = 0
+        self._retired_ingest.append((source, final))
         ray.kill(actor, no_restart=True)
 
     async def _autoscale(self, scalers: dict[str, IngestScaler], every: float = 2.0) -> None:
