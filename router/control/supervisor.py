@@ -182,9 +182,9 @@ class Supervisor:
             limits = None
             if d.pool_size > 1:  # one bucket and one Retry-After for the whole pool, wherever its shards run
                 rate = d.rate_limit
-                limits = self.limits[dest] = DestinationLimits.options(
+                limits = self.limits[dest] = DestinationLimits.options(  # no secrets, no CPU: a few calls a second
                     name=f"router-{self.run_id}-limits-{dest}-g{self._generation}",
-                    **actor_options(cfg)).remote(rate.per_second if rate else None, rate.burst if rate else 1)
+                ).remote(rate.per_second if rate else None, rate.burst if rate else 1)
             self.names[dest] = [f"router-{self.run_id}-sink-{dest}-g{self._generation}-{shard}"
                                 for shard in range(d.pool_size)]
             self.workers[dest] = [DestinationWorker.options(name=n, **secrets).remote(cfg, dest, shard, self.revision,
