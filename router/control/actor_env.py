@@ -65,7 +65,8 @@ def actor_options(cfg: Any, environ: dict[str, str] | None = None, kind: str | N
     The actors declare ``num_cpus=0``: on one machine they share it with nats-server. On a
     cluster that lets Ray put every actor on one node and gives its autoscaler no demand to act
     on; ``ACTOR_CPUS_ENV`` (the chart sets it) makes each actor reserve that many CPUs, so the
-    actors spread over the workers and more actors add workers.
+    actors spread over the workers and more actors add workers. With ``kind`` (``ingest`` or
+    ``sink``) the config's ``ray.placement.<kind>`` is added, and its ``num_cpus`` wins.
     """
     environ = os.environ if environ is None else environ
     options: dict[str, Any] = {}
