@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,6 +120,7 @@ def two_node_cluster():
     finally:
         for node in reversed(nodes):
             node.kill()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _gcs_answers(port: int) -> bool:
