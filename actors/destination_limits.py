@@ -9,6 +9,7 @@ most one more 429 from the destination, which sets it again.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import ray
 
@@ -44,16 +45,32 @@ class DestinationLimits:
 
 
 class RayLimits:
-    """A ``DestinationLimits`` handle as the ``SharedLimits`` a shard's client calls."""
+    """A pool's ``DestinationLimits`` actor, found by name, as the ``SharedLimits`` a shard's client
+    calls. By name and not by handle: a handle passed to a sink actor's constructor is kept in the
+    object store, and Ray cannot restart the sink actor if that copy is lost (ray-project/ray#53727);
+    a name is looked up again wherever and whenever the sink actor restarts."""
 
-    def __init__(self, handle: "ray.actor.ActorHandle") -> None:
-        self.handle = handle
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._handle: Any = None
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        if self._handle is None:
+            self._handle = ray.get_actor(self.name)
+        try:
+            return await getattr(self._handle, method).remote(*args)
+        except Exception:
+            self._handle = None  # look it up again on the next call
+            raise
 
     async def lease(self, wanted: int) -> tuple[int, float, float]:
-        return await self.handle.lease.remote(wanted)
+        return await self._call("lease", wanted)
 
     async def hold_until(self, deadline: float) -> float:
-        return await self.handle.hold_until.remote(deadline)
+        return await self._call("hold_until", deadline)
 
     async def deadline(self) -> float:
-        return await self.handle.deadline.remote()
+        return await self._call("deadline")
+
+    async def configure(self, per_second: float | None, burst: int) -> None:
+        await self._call("configure", per_second, burst)

@@ -37,12 +37,13 @@ log = logging.getLogger(__name__)
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
 class DestinationWorker:
-    def __init__(self, cfg: Config, destination: str, shard: int, revision: int = 0, limits: Any = None) -> None:
+    def __init__(self, cfg: Config, destination: str, shard: int, revision: int = 0,
+                 limits: str | None = None) -> None:
         self.cfg = cfg
-        # The destination's ``DestinationLimits`` actor when its rate limit or Retry-After is
-        # shared by the pool (``scope: destination``); none: each shard keeps its own.
-        self._limits_actor = limits
-        self.limits = SharedLimitsClient(RayLimits(limits), None) if limits is not None else None
+        # The name of the destination's ``DestinationLimits`` actor when the pool shares its rate
+        # limit and Retry-After (``scope: destination``); none: each shard keeps its own.
+        self._limits_actor = RayLimits(limits) if limits is not None else None
+        self.limits = SharedLimitsClient(self._limits_actor, None) if self._limits_actor is not None else None
         self.name = destination
         self.dest = cfg.destinations[destination]
         self.shard = shard
@@ -138,7 +139,7 @@ class DestinationWorker:
         self.dest, self.revision = dest, revision
         if self.limits is not None and self.shard == 0:  # one shard retunes the pool's bucket
             rate = dest.rate_limit
-            await self._limits_actor.configure.remote(rate.per_second if rate else None, rate.burst if rate else 1)
+            await self._limits_actor.configure(rate.per_second if rate else None, rate.burst if rate else 1)
         if self._shard is not None:
             await self._shard.reconfigure(dest)
 

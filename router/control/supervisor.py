@@ -179,12 +179,12 @@ class Supervisor:
         secrets = actor_options(cfg, kind="sink")
         for dest in destinations:
             d = cfg.destinations[dest]
-            limits = None
+            limits = None  # the sink actors find it by name
             if d.pool_size > 1:  # one bucket and one Retry-After for the whole pool, wherever its shards run
                 rate = d.rate_limit
-                limits = self.limits[dest] = DestinationLimits.options(  # no secrets, no CPU: a few calls a second
-                    name=f"router-{self.run_id}-limits-{dest}-g{self._generation}",
-                ).remote(rate.per_second if rate else None, rate.burst if rate else 1)
+                limits = f"router-{self.run_id}-limits-{dest}-g{self._generation}"
+                self.limits[dest] = DestinationLimits.options(name=limits).remote(  # no secrets, no CPU
+                    rate.per_second if rate else None, rate.burst if rate else 1)
             self.names[dest] = [f"router-{self.run_id}-sink-{dest}-g{self._generation}-{shard}"
                                 for shard in range(d.pool_size)]
             self.workers[dest] = [DestinationWorker.options(name=n, **secrets).remote(cfg, dest, shard, self.revision,
