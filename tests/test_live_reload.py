@@ -174,8 +174,10 @@ def test_bad_revisions_are_refused_rollback_restores_and_limits_change_in_place(
             await asyncio.sleep(2.0)
             out["after_bad"] = await sup.stats()
             out["old_table"] = await send_and_count(sup, inventory(200))
-            # Table B through the CLI: stock levels move to the carrier.
-            out["apply_b"] = await asyncio.to_thread(cli, "apply", write_routes("b.yaml", table_b(default_routes())))
+            # Table B through the CLI: first what it would change on the latest traffic, then apply it.
+            out["diff_b"] = await asyncio.to_thread(cli, "diff", write_routes("b.yaml", table_b(default_routes())),
+                                                    "--sample", "500")
+            out["apply_b"] = await asyncio.to_thread(cli, "apply", str(tmp_path / "b.yaml"))
             await asyncio.sleep(2.0)
             out["table_b"] = await send_and_count(sup, inventory(200))
             out["rollback"] = await asyncio.to_thread(cli, "rollback", str(start))
@@ -191,6 +193,18 @@ def test_bad_revisions_are_refused_rollback_restores_and_limits_change_in_place(
             out["limits"] = await send_and_count(sup, inventory(300))
             out["sizes"] = (await get_json(f"{emulator.url}/batch-sizes/marketplace"))[sizes_before:]
             out["pid"] = (pid, await sup.workers["marketplace"][0].pid.remote())
+            # A bigger carrier pool: new sink actors load the journal behind a short ingest pause.
+            raw["destinations"]["carrier"]["pool_size"] = 2
+            cfg_path.write_text(yaml.safe_dump(raw))
+            out["apply_pool"] = await asyncio.to_thread(cli, "apply", str(tmp_path / "a.yaml"))
+            await asyncio.sleep(3.0)
+            out["carrier_shards"] = len(sup.workers["carrier"])
+            shipments = [e for e in factory.burst(3000) if e.type == "shipment.requested"][:150]
+            acked = sum(s.acked for s in (await sup.stats()).sources.values())
+            await publish(nats_server.url, shipments)
+            await wait_final(sup, acked + len(shipments))
+            got = await received(emulator.url, "carrier")
+            out["shipments"] = [got.get(e.key, 0) for e in shipments]
             out["history"] = await asyncio.to_thread(cli, "history")
         finally:
             await sup.stop()
@@ -200,6 +214,10 @@ def test_bad_revisions_are_refused_rollback_restores_and_limits_change_in_place(
     assert out["bad_cli"].returncode != 0 and "wms" in out["bad_cli"].stderr + out["bad_cli"].stdout
     assert out["after_bad"].reload_failures == 1 and "wms" in out["after_bad"].last_reload_error
     assert out["old_table"] == {"marketplace": 200, "carrier": 0}, "the old table kept routing"
+    assert out["diff_b"].returncode == 0, out["diff_b"].stderr
+    assert "route changed: inventory-to-marketplace" in out["diff_b"].stdout
+    changed = int(out["diff_b"].stdout.split(" event(s) change destination")[0].split()[-1])
+    assert changed >= 200, out["diff_b"].stdout  # the 200 stock levels sent just before
     assert out["apply_b"].returncode == 0, out["apply_b"].stderr
     assert out["table_b"] == {"marketplace": 0, "carrier": 200}
     assert out["rollback"].returncode == 0, out["rollback"].stderr
@@ -207,6 +225,9 @@ def test_bad_revisions_are_refused_rollback_restores_and_limits_change_in_place(
     assert out["apply_limits"].returncode == 0 and "retuned in place: marketplace" in out["apply_limits"].stdout
     assert out["limits"]["marketplace"] == 300 and out["sizes"] and max(out["sizes"]) <= 7
     assert out["pid"][0] == out["pid"][1], "limits changed without restarting the sink actor"
+    assert "rebuilt (pool size or parking): carrier" in out["apply_pool"].stdout, out["apply_pool"].stdout
+    assert out["carrier_shards"] == 2
+    assert out["shipments"] == [1] * 150, "each shipment once, through the new pool"
     assert out["history"].returncode == 0 and "<- running" in out["history"].stdout
 
 

@@ -11,6 +11,7 @@ Ctrl-C included.
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import shutil
 import sys
@@ -50,7 +51,7 @@ def demo_config_dict(nats_url: str, emulator_url: str, routes: str = DEFAULT_ROU
     """The demo's config as plain data (tests start from it and change what they test)."""
     return {
         "nats": {"url": nats_url},
-        "sources": SOURCES,
+        "sources": copy.deepcopy(SOURCES),  # a copy: callers change what they test
         "destinations": {
             "erp": {"kind": "http", "url": f"{emulator_url}/erp", "batch": {"max_records": 200}, "pool_size": 2},
             "marketplace": {"kind": "http", "url": f"{emulator_url}/marketplace", "batch": {"max_records": 100}},

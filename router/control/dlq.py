@@ -137,6 +137,10 @@ async def iter_dead_letters(js: JetStreamContext, cfg: Config, flt: DeadLetterFi
 def _replay_target(cfg: Config, dl: DeadLetterView) -> tuple[str, dict[str, str]] | str:
     """(subject, headers) to publish the payload to, or why this dead letter cannot be replayed."""
     h = dl.headers
+    if H.TRUNCATED in h:  # only a prefix was kept: replaying it would publish a different message
+        where = f"{h.get(H.SOURCE, '?')} stream sequence {h.get(H.STREAM_SEQ, '?')}"
+        return (f"its payload was cut to fit ({h[H.TRUNCATED]}, {h.get(H.ORIGINAL_DIGEST, '')}); "
+                f"republish the original from {where} after fixing it")
     if dl.stage == "destination":
         dest = h.get(H.DESTINATION, "")
         if dest not in cfg.destinations:
