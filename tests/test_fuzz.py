@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from router.codecs import ENCODERS, Event, EventDecoder, InvalidEvent
 from router.codecs.models import MODEL_BY_FAMILY
-from router.config import ConfigError, Predicate, load_config, parse_config
+from router.config import ConfigError, load_config, parse_config
 from router.control.demo import demo_config_dict
 from router.ingest.routing import RouteTable
 from router.jetstream.dead_letters import DeadLetter, DeadLetterPublisher, H, printable

@@ -29,7 +29,6 @@ outcome) are kept for the counts (8 bytes each, compacted as they grow); the lis
 
 from __future__ import annotations
 
-import asyncio
 import time
 from array import array
 from collections import defaultdict
@@ -40,13 +39,14 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import numpy as np
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 
 from router.codecs import EventDecoder, InvalidEvent
 from router.config import Config
 from router.delivery.dedup_index import key_hash
 from router.ingest.routing import RouteTable, wildcard_match
 from router.jetstream.dead_letters import H
+from router.jetstream.stream_reader import batches_until, read_only_consumer
 from router.wire import IDEMPOTENCY_KEY, JOURNAL_SHARD_HASHES, journal_subject
 
 __all__ = ["OUTCOMES", "CannotKnow", "Entry", "KeySet", "ReconcileReport", "ReconcileRequest", "UniqueCounter",
@@ -55,7 +55,6 @@ __all__ = ["OUTCOMES", "CannotKnow", "Entry", "KeySet", "ReconcileReport", "Reco
 DELIVERED, PARKED, DEAD_LETTERED, IN_FLIGHT, UNKNOWN, UNACCOUNTED = range(6)
 OUTCOMES = ("delivered", "parked", "dead_lettered", "in_flight", "unknown", "unaccounted")
 
-_FETCH = 1000  # messages per pull request
 _CHUNK = 5000  # source events classified together
 
 
@@ -181,30 +180,6 @@ def _hashes_of(keys: Iterable[str]) -> np.ndarray:
     return np.fromiter((key_hash(k) for k in keys), np.uint64)
 
 
-async def _ephemeral(js: JetStreamContext, stream: str, subject: str, since: float | None) -> Any:
-    cc = api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True,
-                            deliver_policy=api.DeliverPolicy.ALL, max_ack_pending=-1)
-    if since is not None:
-        cc.deliver_policy = api.DeliverPolicy.BY_START_TIME
-        cc.opt_start_time = _iso(since)
-    return await js.pull_subscribe(subject, stream=stream, config=cc)
-
-
-async def _drain(sub: Any, last_seq: int) -> Any:
-    """Batches of messages up to stream sequence ``last_seq`` (the stream's end when we started)."""
-    while True:
-        try:
-            msgs = await sub.fetch(_FETCH, timeout=1.0)
-        except (asyncio.TimeoutError, nats.errors.TimeoutError):
-            # A slow answer is not the end: stop only when the consumer says nothing is left.
-            if (await sub.consumer_info()).num_pending == 0:
-                return
-            continue
-        yield msgs
-        if not msgs or msgs[-1].metadata.sequence.stream >= last_seq or msgs[-1].metadata.num_pending == 0:
-            return
-
-
 async def _stream_info(js: JetStreamContext, stream: str, subject: str | None = None) -> Any:
     try:
         return await js.stream_info(stream, subjects_filter=subject) if subject else await js.stream_info(stream)
@@ -226,9 +201,9 @@ async def _read_journal(js: JetStreamContext, cfg: Config, dest: str) -> KeySet:
     if info is None or not (info.state.subjects or {}).get(subject):
         return KeySet()
     chunks: list[np.ndarray] = []
-    sub = await _ephemeral(js, cfg.dedup.stream, subject, None)
+    sub = await read_only_consumer(js, cfg.dedup.stream, subject)
     try:
-        async for msgs in _drain(sub, info.state.last_seq):
+        async for msgs in batches_until(sub, info.state.last_seq):
             chunks.extend(_journal_keys(m) for m in msgs if m.data)
     finally:
         await sub.unsubscribe()
@@ -296,9 +271,9 @@ async def _read_dead_letters(js: JetStreamContext, cfg: Config, dests: list[str]
     if info is None or not info.state.messages:
         return out
     reasons: dict[str, str] = {}  # one copy of each reason text
-    sub = await _ephemeral(js, cfg.dead_letter.stream, f"{cfg.dead_letter.subject_prefix}.>", None)
+    sub = await read_only_consumer(js, cfg.dead_letter.stream, f"{cfg.dead_letter.subject_prefix}.>")
     try:
-        async for msgs in _drain(sub, info.state.last_seq):
+        async for msgs in batches_until(sub, info.state.last_seq):
             for m in msgs:
                 h = m.headers or {}
                 reason = h.get(H.REASON, "")
@@ -391,7 +366,7 @@ async def reconcile(js: JetStreamContext, cfg: Config, req: ReconcileRequest,
         for subject in src.subjects:
             # Counted now for the progress total, read later through a new consumer: one left
             # idle while other subjects are read would be removed by the server (inactive_threshold).
-            sub = await _ephemeral(js, src.stream, subject, req.since)
+            sub = await read_only_consumer(js, src.stream, subject, since=req.since)
             pending = (await sub.consumer_info()).num_pending
             await sub.unsubscribe()
             total += pending
@@ -401,10 +376,10 @@ async def reconcile(js: JetStreamContext, cfg: Config, req: ReconcileRequest,
     read = 0
     progress(0, total)
     for src, subject, last_seq, floor in plan:
-        sub = await _ephemeral(js, src.stream, subject, req.since)
+        sub = await read_only_consumer(js, src.stream, subject, since=req.since)
         try:
             chunk: list[Any] = []
-            async for msgs in _drain(sub, last_seq):
+            async for msgs in batches_until(sub, last_seq):
                 read += len(msgs)
                 chunk += [(m, m.metadata.sequence.stream, m.metadata.timestamp.timestamp()) for m in msgs]
                 ended = bool(chunk) and (chunk[-1][1] >= last_seq or (req.until is not None and chunk[-1][2] > req.until))

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 import click
 
 from router.config import Config, ConfigError, load_config
-from router.control.reload import compare, decode_live, encode_live, live_part, with_live, LiveConfig
+from router.control.reload import LiveConfig, compare, decode_live, encode_live, with_live
 from router.control.route_diff import dry_run, route_changes
 from router.control.routes_cli import EXIT_PROBLEMS, fail, load_checked_routes, routes
 from router.jetstream.revisions import RevisionStore
@@ -126,7 +126,7 @@ def routes_apply(routes_file: str, config_path: str) -> None:
         return
     click.echo(f"stored revision {number} in {cfg.live.bucket}/{cfg.live.key} (was {label}): {change.describe()}")
     click.echo("running routers apply it within a second; `router routes history` lists revisions, "
-               f"`router routes rollback REV` goes back")
+               "`router routes rollback REV` goes back")
 
 
 @routes.command("history")

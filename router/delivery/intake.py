@@ -9,7 +9,7 @@ flush loop cuts batches of at most ``batch.max_records`` / ``max_bytes`` from it
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from router.config import BatchConfig
 from router.delivery.dedup_index import DedupIndex, key_hash

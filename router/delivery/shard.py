@@ -29,7 +29,7 @@ from router.delivery.latency import LatencyRecorder
 from router.delivery.park_events import ParkEventLog
 from router.tracing import record_trace
 from router.delivery.park_replay import ParkAndReplay
-from router.delivery.ports import DeadLetters, DedupJournal, ParkedRecord, Parking, Record, Sink
+from router.delivery.ports import DeadLetters, DedupJournal, ParkedRecord, Parking, Sink
 from router.delivery.send_policy import (BREAKER_OPEN, DEAD_LETTER, DONE, GIVE_UP, PARK, RETRY, SPLIT,
                                          SendPolicy)
 from router.delivery.stats import DestinationStats, SubmitResult
