@@ -53,6 +53,7 @@ class DestinationWorker:
         self.loaded_keys = 0
         self.revision = revision  # of the live config whose settings ``dest`` holds
         self._turns: dict[str, int] = {}  # ingest actor -> the next call of its to take its place
+        self._arrived: dict[str, set[int]] = {}  # ingest actor -> its calls here still waiting for their turn
         self._turn_changed = asyncio.Event()
 
     async def _ready(self) -> DestinationShard:
@@ -104,7 +105,9 @@ class DestinationWorker:
         records = RecordBatch.decode(batch)
         if not sender:
             return await shard.submit(records, records.revision)
+        self._arrived.setdefault(sender, set()).add(seq)
         await self._turn(sender, seq)
+        self._arrived[sender].discard(seq)
         admitted = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(shard.submit(records, records.revision, admitted))
         try:
@@ -120,6 +123,9 @@ class DestinationWorker:
         deadline = asyncio.get_running_loop().time() + _TURN_WAIT
         while turns[sender] < seq:
             remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0 and turns[sender] in self._arrived.get(sender, ()):
+                deadline += _TURN_WAIT  # the call before is here and waits for its place: wait for it
+                continue
             if remaining <= 0:
                 log.warning("%s/%d: call %d of %s waited %.0fs for call %d; going on", self.name, self.shard,
                             seq, sender, _TURN_WAIT, turns[sender])

@@ -58,7 +58,10 @@ class IngestActor:
         self.stats_ = IngestStats(source=source)
         self._sender = uuid.uuid4().hex  # per incarnation: a restarted actor counts its calls from 0 again
         self._seqs: dict[tuple[str, int], int] = {}
-        self._use(cfg, sink_actor_names, revision)
+        try:
+            self._use(cfg, sink_actor_names, revision)
+        except ValueError:  # restarted by Ray after a reload replaced those sink actors: the supervisor
+            pass            # hands it the running revision (``use_revision``) before it runs again
         self._stopping = asyncio.Event()
         self._running = asyncio.Event()  # cleared while paused for a reload
         self._running.set()

@@ -107,6 +107,8 @@ def run(config_path: str, drain_timeout: float, watch: bool) -> None:
     except SetupError as exc:
         _fail(f"{config_path}: {exc}", 3)
     except OSError as exc:
+        if cfg.ray.address:  # a Ray Client connection fails with an OSError too
+            _fail(f"cannot reach NATS at {cfg.nats.url} or the Ray cluster at {cfg.ray.address}: {exc}", 3)
         _fail(f"cannot reach NATS at {cfg.nats.url}: {exc}. Is nats-server running? "
               "(`router demo` starts an embedded one)", 3)
 

@@ -108,7 +108,9 @@ def routes_diff(routes_file: str, config_path: str, sample: int) -> None:
 @click.argument("routes_file", type=click.Path(dir_okay=False))
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="The router config: NATS, the bucket (`live`), and the destinations stored with the routes.")
-def routes_apply(routes_file: str, config_path: str) -> None:
+@click.option("--force", is_flag=True,
+              help="Store it even if it equals the newest revision (one the routers refused, to try it again).")
+def routes_apply(routes_file: str, config_path: str, force: bool) -> None:
     """Store ROUTES_FILE's routes, with the config's destinations, as the newest revision."""
     cfg = _config(config_path)
     new, live = _proposed(cfg, routes_file, config_path)
@@ -116,7 +118,7 @@ def routes_apply(routes_file: str, config_path: str) -> None:
     async def go(js: Any, store: RevisionStore) -> Any:
         current, label = await _running(cfg, store)
         change = compare(current, new)
-        if change.empty:
+        if change.empty and not force:
             return None, label, change
         return await store.put(encode_live(live)), label, change
 

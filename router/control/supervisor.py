@@ -172,7 +172,7 @@ class Supervisor:
         if self._watch_revisions:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
-    async def _start_sinks(self, cfg: Config, destinations: list[str]) -> None:
+    async def _start_sinks(self, cfg: Config, destinations: list[str], revision: int | None = None) -> None:
         """Start the sink actors of these destinations and wait until each has loaded its dedup shard."""
         self._generation += 1
         # Secrets the config names reach the actors on whichever node Ray places them.
@@ -187,8 +187,8 @@ class Supervisor:
                     rate.per_second if rate else None, rate.burst if rate else 1)
             self.names[dest] = [f"router-{self.run_id}-sink-{dest}-g{self._generation}-{shard}"
                                 for shard in range(d.pool_size)]
-            self.workers[dest] = [DestinationWorker.options(name=n, **secrets).remote(cfg, dest, shard, self.revision,
-                                                                                      limits)
+            self.workers[dest] = [DestinationWorker.options(name=n, **secrets).remote(
+                                      cfg, dest, shard, self.revision if revision is None else revision, limits)
                                   for shard, n in enumerate(self.names[dest])]
         await asyncio.gather(*(w.ready.remote() for dest in destinations for w in self.workers[dest]))
 
@@ -274,7 +274,7 @@ class Supervisor:
         try:
             new = with_live(self.cfg, decode_live(value, where), where)
             change = await self.apply(new, number)
-        except (ConfigError, RefusedChange) as exc:
+        except Exception as exc:  # refused, or failed half-way: say so and count it; the watcher goes on
             self.reload_failures += 1
             self.last_reload_error = str(exc)
             log.error("live config: %s refused, revision %d keeps running: %s", where, self.revision, exc,
@@ -300,25 +300,24 @@ class Supervisor:
                     await asyncio.gather(*(w.reconfigure.remote(new.destinations[dest], revision)
                                            for w in self.workers[dest]))
                 await self._stop_sinks(change.removed + change.rebuilt)
-                self.revision = revision
                 if change.added or change.rebuilt:
-                    await self._start_sinks(new, change.added + change.rebuilt)
+                    await self._start_sinks(new, change.added + change.rebuilt, revision)
                 await asyncio.gather(*(a.use_revision.remote(new, self.names, revision) for _, a in self.ingest))
-                self.cfg = new
+                self.cfg, self.revision = new, revision
             finally:
                 if pause:
                     await asyncio.gather(*(a.resume.remote() for _, a in self.ingest))
             return change
 
     async def _refuse_orphaned_parks(self, change: Change, new: Config) -> None:
-        """Parked records live per (destination, shard): a shard that goes away must have none."""
+        """Parked records live per (destination, shard), placed by the old pool size: a destination
+        removed or rebuilt (pool size, parking) must have none, or they would be stranded or read by
+        a shard that does not hold their keys."""
         for dest in change.removed + change.rebuilt:
-            keep = new.destinations[dest].pool_size if dest in new.destinations else 0
-            leaving = self.workers[dest][keep:]
-            parked = sum(s.park_backlog for s in await asyncio.gather(*(w.stats.remote() for w in leaving)))
+            parked = sum(s.park_backlog for s in await asyncio.gather(*(w.stats.remote() for w in self.workers[dest])))
             if parked:
-                raise RefusedChange(f"destination `{dest}`: {parked} records are parked in shards this change "
-                                    "removes; let them drain (the breaker closes and they are replayed), then apply again")
+                raise RefusedChange(f"destination `{dest}`: {parked} records are parked; let them drain (the breaker "
+                                    "closes and they are replayed), then apply again (`router routes apply --force`)")
 
     async def _keep_running(self, source: str, actor: Any) -> None:
         """``run`` returns only on stop; if the actor dies, Ray restarts it and we start it again."""
@@ -370,7 +369,7 @@ class Supervisor:
             per_shard = await asyncio.gather(*(self._answer(f"sink {name}#{i}", w, DestinationStats(), down)
                                                for i, w in enumerate(ws)))
             behind = [w for w, s in zip(ws, per_shard) if s.config_revision < self.revision]
-            if behind:  # Ray restarted them with the settings they were created with
+            if behind and not self._apply_lock.locked():  # Ray restarted them with the settings they were created with
                 await asyncio.gather(*(w.reconfigure.remote(self.cfg.destinations[name], self.revision)
                                        for w in behind))
             dests[name] = _sum_structs(per_shard, DestinationStats)

@@ -148,11 +148,14 @@ class Intake:
         taken: list[PendingRecord] = []
         kept: list[PendingRecord] = []
         size, revision = 0, None
+        blocked: set[int] = set()  # keys with a record kept back in this pass: their later ones stay too
         for item in self.queue:
             full = taken and (len(taken) >= max_records or size + len(item.payload) > max_bytes
                               or item.revision != revision)
-            if full or (item.okey and item.okey in busy):
+            if full or (item.okey and (item.okey in busy or item.okey in blocked)):
                 kept.append(item)
+                if item.okey:
+                    blocked.add(item.okey)
                 continue
             if revision is None:
                 revision = item.revision

@@ -77,18 +77,21 @@ class ParkAndReplay:
                 await asyncio.sleep(0.05)
                 continue
             size = min(max_batch, PROBE_RECORDS) if probe else read_size()
+            parked_before = self.parked
             try:
                 records = await self.parking.fetch(size, timeout=0.5)
-            except Exception as exc:  # NATS away: the client reconnects
+            except Exception as exc:  # NATS away: the client reconnects; the park is not drained for that
                 log.warning("%s: reading parked records failed (%s)", self.name, exc)
-                records = []
+                if probe:
+                    self.breaker.release_probe()
                 await asyncio.sleep(0.5)
+                continue
             if records and any(r.okey for r in records):
                 records = await self._in_sequence(records)
             if not records:
                 if probe:
                     self.breaker.release_probe()
-                if self.backlog and not self._held_back:
+                if self.backlog and not self._held_back and self.parked == parked_before:
                     self.backlog = 0  # drained: new records go straight to the destination again
                     on_drained()
                 continue

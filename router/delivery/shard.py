@@ -193,11 +193,13 @@ class DestinationShard:
                 intake.wakeup.clear()
                 await intake.wakeup.wait()
                 continue
-            if self.park is not None and not self.breaker.allows_traffic():
+            if self.park is not None and (not self.breaker.allows_traffic() or self.park.backlog):
+                # The destination is away, or records are parked: what is queued goes behind them.
                 parkable = intake.take_parkable()
                 if parkable:
-                    await self._park_items(parkable,
-                                           f"circuit breaker {self.breaker.state}: {self.breaker.last_reason}")
+                    reason = (f"circuit breaker {self.breaker.state}: {self.breaker.last_reason}"
+                              if not self.breaker.allows_traffic() else "behind records parked earlier")
+                    await self._park_items(parkable, reason)
                 else:  # only records waiting for their sequence's batch on its way: wait for it
                     intake.wakeup.clear()
                     await intake.wakeup.wait()
@@ -328,7 +330,7 @@ class DestinationShard:
         """Runs holding one concurrency slot, which it gives back at the end."""
         whole = batch
         try:
-            if self.held:
+            if self.held and not from_park:  # a replay (of fixed dead letters, say) is what lifts a hold
                 batch = await self._dead_letter_held(batch)
             if batch:
                 await self._send(batch, from_park)
@@ -339,6 +341,28 @@ class DestinationShard:
             if not from_park:  # a batch cut from the queue held its ordering keys (replays go one by one)
                 self.intake.release(whole)
             await self.concurrency.release()
+
+    async def _behind(self, first: list[PendingRecord], second: list[PendingRecord]) -> list[PendingRecord]:
+        """After the first half of a split ordered batch: records of the second half whose sequence
+        has a record in the first half that did not get through follow it (held with it, parked
+        behind it, or back to the source); returns the rest, to send."""
+        stuck = {i.okey: i.outcome for i in first if i.okey and i.outcome != DELIVERED}
+        if self.cfg.after_dead_letter == "continue":
+            stuck = {k: o for k, o in stuck.items() if o != DEAD_LETTERED}
+        if not stuck:
+            return second
+        follow = [i for i in second if i.okey in stuck]
+        if follow:
+            dead = [i for i in follow if stuck[i.okey] == DEAD_LETTERED]
+            parked = [i for i in follow if stuck[i.okey] == PARKED]
+            failed = [i for i in follow if stuck[i.okey] not in (DEAD_LETTERED, PARKED)]
+            if dead:
+                await self._dead_letter(dead, Permanent("held: an earlier record of its ordering key was dead-lettered"))
+            if parked:
+                await self._park_items(parked, "behind an earlier record of its ordering key")
+            if failed:
+                self.intake.settle(failed, RetriesExhausted("behind an earlier record of its ordering key"))
+        return [i for i in second if i.okey not in stuck]
 
     async def _dead_letter_held(self, batch: list[PendingRecord]) -> list[PendingRecord]:
         """With `after_dead_letter: hold`: records of an ordering key whose earlier record was
@@ -378,8 +402,11 @@ class DestinationShard:
             if step == SPLIT:  # find the records at fault; the others still get through
                 mid = len(batch) // 2
                 if any(i.okey for i in batch):  # the first half first: a sequence may span both
-                    await self._send(batch[:mid], from_park)
-                    await self._send(batch[mid:], from_park)
+                    first, second = batch[:mid], batch[mid:]
+                    await self._send(first, from_park)
+                    second = await self._behind(first, second)
+                    if second:
+                        await self._send(second, from_park)
                 else:
                     await asyncio.gather(self._send(batch[:mid], from_park), self._send(batch[mid:], from_park))
                 return
