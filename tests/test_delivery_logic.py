@@ -383,3 +383,34 @@ def test_after_a_dead_letter_hold_keeps_the_rest_of_the_sequence_with_it_and_con
     assert d.ports.dead_letters.letters[1]["reason"].startswith("held")
     sink, d = run("continue")
     assert sequences(sink.delivered) == {"1": ["created", "cancelled"], "2": list(STEPS)}
+
+
+def test_replaying_the_held_dead_letters_in_order_completes_the_sequence():
+    """`hold`, then the fix and `router dlq replay` (the dead letters go back through the park, in
+    order): the replay is not held again, and the sequence arrives whole and in order."""
+    fixed = [False]
+
+    def script(keys):
+        if "order-1-updated" in keys and not fixed[0]:
+            return Permanent("HTTP 422", 422, "bad update", True)
+        return Delivered()
+
+    async def go():
+        sink = ScriptedSink(script)
+        d = make(sink, parking=True, after_dead_letter="hold", batch={"max_records": 1, "linger": 0.001})
+        await d.start()
+        okey = key_hash("order-1")
+        for step in STEPS:
+            await d.submit(ordered_recs([(f"order-1-{step}", okey)]))
+        letters = d.ports.dead_letters.letters
+        assert [x["key"] for x in letters] == ["order-1-updated", "order-1-cancelled"]
+        fixed[0] = True
+        await d.ports.parking.park([(x["key"], x["record"], x["origin"], 0, x["order_key"]) for x in letters],
+                                   "replay of dead letters")
+        while len(d.ports.parking):
+            await asyncio.sleep(0.5)
+        await d.close()
+        return sink
+
+    sink = run_simulated(go())
+    assert sequences(sink.delivered) == {"1": list(STEPS)}
