@@ -45,6 +45,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_section",
+    "read_yaml_text",
     "routes_schema",
 ]
 
@@ -239,6 +240,11 @@ def _convert(obj: Any, tp: Any, file: str, prefix: str) -> Any:
 
 
 def _read_yaml(path: Path) -> Any:
+    return read_yaml_text(path)[0]
+
+
+def read_yaml_text(path: Path) -> tuple[Any, str]:
+    """(the YAML document, the file's text); ``ConfigError`` naming the file when it cannot be read."""
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -246,7 +252,7 @@ def _read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.safe_load(text), text
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any, NamedTuple, Union, get_args, get_origin
 
 import msgspec
-import yaml
 
 from router.codecs import ENCODERS
 from router.codecs.models import MODEL_BY_FAMILY
-from router.config import Config, ConfigError, Match, Predicate, Route, Source, parse_config
+from router.config import Config, ConfigError, Match, Predicate, Route, Source, parse_config, read_yaml_text
 from router.config_base import Name, dec_hook
 from router.control.yaml_lines import LineIndex
 from router.sinks import SINK_KINDS, DestinationConfig
@@ -174,18 +173,7 @@ class _Checker:
 
     def read(self, path: Path) -> Any:
         """The YAML document of ``path``; ConfigError when there is none to check."""
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise ConfigError(str(path), "", "file not found") from None
-        except OSError as exc:
-            raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            raise ConfigError(str(path), "", f"not valid YAML: {where}{getattr(exc, 'problem', exc)}") from None
+        doc, text = read_yaml_text(path)
         self._index[str(path)] = LineIndex(text)
         return doc
 
