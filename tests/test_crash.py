@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import ray
 import yaml
 
 from router.config import load_config
@@ -140,6 +141,14 @@ def _unique_by_key(events) -> list:
     return out
 
 
+async def _pid_once_up(actor):
+    """The actor's pid, or None while Ray is still restarting it (it refuses calls until it is up)."""
+    try:
+        return await actor.pid.remote()
+    except ray.exceptions.ActorUnavailableError:
+        return None
+
+
 def test_kill_9_of_one_destination_actor(clean, nats_server, emulator, ray_session):
     events = list(RetailEventFactory(seed=43).burst(20_000, duplicate_ratio=0.05))
 
@@ -156,7 +165,7 @@ def test_kill_9_of_one_destination_actor(clean, nats_server, emulator, ray_sessi
             os.kill(pid, signal.SIGKILL)
             expected = expected_deliveries(cfg, events)
             got = await wait_complete(nats_server.url, emulator.url, expected)
-            new_pid = await victim.pid.remote()
+            new_pid = await poll_until(lambda: _pid_once_up(victim), 60, "the restarted erp actor to answer")
         finally:
             await sup.stop()
         return cfg, expected, got, pid, new_pid
