@@ -19,15 +19,11 @@ import click
 
 from router.config import ConfigError, check_environment, config_schema, load_config, routes_schema
 from router.config_base import Duration
+from router.control.cli_support import fail, run_on_nats
 from router.control.routes_cli import print_report, routes, run_check
 from router.redaction import install_log_redaction, redact, secrets_from_config
 
 __all__ = ["main"]
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    click.echo(f"error: {redact(msg)}", err=True)
-    sys.exit(code)
 
 
 class DurationParam(click.ParamType):
@@ -94,7 +90,7 @@ def run(config_path: str, drain_timeout: float, watch: bool) -> None:
         cfg = load_config(config_path)
         check_environment(cfg, config_path)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _protect_secrets(cfg)
     from router.jetstream.connection import NatsStartupError
     from router.jetstream.streams import SetupError
@@ -103,13 +99,13 @@ def run(config_path: str, drain_timeout: float, watch: bool) -> None:
     try:
         asyncio.run(run_service(cfg, drain_timeout=drain_timeout, config_path=config_path, watch=watch))
     except NatsStartupError as exc:
-        _fail(f"{config_path}: {exc}", 3)
+        fail(f"{config_path}: {exc}", 3)
     except SetupError as exc:
-        _fail(f"{config_path}: {exc}", 3)
+        fail(f"{config_path}: {exc}", 3)
     except OSError as exc:
         if cfg.ray.address:  # a Ray Client connection fails with an OSError too
-            _fail(f"cannot reach NATS at {cfg.nats.url} or the Ray cluster at {cfg.ray.address}: {exc}", 3)
-        _fail(f"cannot reach NATS at {cfg.nats.url}: {exc}. Is nats-server running? "
+            fail(f"cannot reach NATS at {cfg.nats.url} or the Ray cluster at {cfg.ray.address}: {exc}", 3)
+        fail(f"cannot reach NATS at {cfg.nats.url}: {exc}. Is nats-server running? "
               "(`router demo` starts an embedded one)", 3)
 
 
@@ -186,34 +182,18 @@ def _dlq_config(config_path: str) -> Any:
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for key in ("user_env", "password_env", "token_env"):  # only NATS: dlq sends nothing to destinations
         var = getattr(cfg.nats, key)
         if var and var not in os.environ:
-            _fail(f"{config_path}: nats.{key}: environment variable `{var}` is not set")
+            fail(f"{config_path}: nats.{key}: environment variable `{var}` is not set")
     _protect_secrets(cfg)
     return cfg
 
 
 def _dlq_run(cfg: Any, doing: str, action: Any) -> Any:
     """Run ``action(cfg, js)`` on a fresh connection; on failure say what failed, and exit."""
-    import nats.errors
-
-    from router.jetstream.connection import NatsStartupError, connect
-
-    async def go() -> Any:
-        nc = await connect(cfg.nats, "router-dlq", fail_fast=True)
-        try:
-            return await action(cfg, nc.jetstream())
-        finally:
-            await nc.close()
-
-    try:
-        return asyncio.run(go())
-    except NatsStartupError as exc:
-        _fail(str(exc), 3)
-    except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
-        _fail(f"{doing} failed: {exc.__class__.__name__}: {exc}", 1)
+    return run_on_nats(cfg, "router-dlq", doing, lambda js: action(cfg, js))
 
 
 def _filter(destination: str | None, stage: str | None, since: str | None, until: str | None) -> Any:
@@ -222,7 +202,7 @@ def _filter(destination: str | None, stage: str | None, since: str | None, until
     try:
         return DeadLetterFilter(destination, stage, parse_when(since), parse_when(until))
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _shown(text: Any) -> str:
@@ -275,10 +255,10 @@ def dlq_show(config_path: str, seq: int) -> None:
 
     async def show(cfg: Any, js: Any) -> Any:
         if not await dead_letter_stream_exists(js, cfg):
-            _fail(f"no dead-letter stream `{cfg.dead_letter.stream}` on this NATS: nothing was dead-lettered", 1)
+            fail(f"no dead-letter stream `{cfg.dead_letter.stream}` on this NATS: nothing was dead-lettered", 1)
         found, problems = await get_dead_letters(js, cfg, [seq])
         if problems:
-            _fail(problems[0], 1)
+            fail(problems[0], 1)
         return found[0]
 
     dl = _dlq_run(cfg, f"reading dead letter {seq}", show)
@@ -305,7 +285,7 @@ def dlq_replay(config_path: str, destination: str | None, stage: str | None, sin
     from router.control.dlq import dead_letter_stream_exists, get_dead_letters, iter_dead_letters, replay, replay_plan
 
     if seqs and (destination or stage or since or until):
-        _fail("--seq selects dead letters by sequence; leave out --destination, --stage, --since and --until")
+        fail("--seq selects dead letters by sequence; leave out --destination, --stage, --since and --until")
     flt = _filter(destination, stage, since, until)
     everything = not (seqs or destination or stage or since or until)
     cfg = _dlq_config(config_path)
@@ -398,15 +378,15 @@ def rehearse(scenario_name: str, base_rate: float | None, duration: float | None
     cfg = None
     if nats_url:
         if not config_path or not emulator_url:
-            _fail("--nats-url needs --config (the deployment's router config) and --emulator-url")
+            fail("--nats-url needs --config (the deployment's router config) and --emulator-url")
         try:
             cfg = load_config(config_path)
         except ConfigError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     try:
         sc = load_scenario(scenario_name, list(cfg.destinations) if cfg else None)
     except ScenarioError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     sc = sc.scaled(base_rate, duration)
     slo = {k: v for k, v in (("p95_ms", slo_p95_ms), ("p99_ms", slo_p99_ms), ("drain_s", slo_drain_s),
                              ("max_dead_lettered", slo_max_dead_lettered)) if v is not None}
@@ -454,19 +434,19 @@ def reconcile(config_path: str, since: str, until: str | None, destinations: tup
     cfg = _dlq_config(config_path)
     unknown = [d for d in destinations if d not in cfg.destinations]
     if unknown:
-        _fail(f"unknown destination `{unknown[0]}`; expected one of: {', '.join(sorted(cfg.destinations))}")
+        fail(f"unknown destination `{unknown[0]}`; expected one of: {', '.join(sorted(cfg.destinations))}")
     try:
         window = (parse_when(since), parse_when(until))
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     keys = None
     if destination_keys:
         if len(destinations or cfg.destinations) != 1:
-            _fail("--destination-keys holds one destination's keys: name it with -d")
+            fail("--destination-keys holds one destination's keys: name it with -d")
         try:
             keys = read_key_file(destination_keys)
         except (OSError, UnicodeDecodeError) as exc:
-            _fail(f"cannot read {destination_keys}: {exc}")
+            fail(f"cannot read {destination_keys}: {exc}")
     req = ReconcileRequest(since=window[0], until=window[1], destinations=list(destinations), types=list(types),
                            destination_keys=keys, limit=limit)
 
@@ -490,9 +470,9 @@ def reconcile(config_path: str, since: str, until: str | None, destinations: tup
     try:
         report = asyncio.run(go())
     except NatsStartupError as exc:
-        _fail(str(exc), 3)
+        fail(str(exc), 3)
     except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
-        _fail(f"reading the streams failed: {exc.__class__.__name__}: {exc}", 3)
+        fail(f"reading the streams failed: {exc.__class__.__name__}: {exc}", 3)
     if tty:
         click.echo("", err=True)
     if as_json:

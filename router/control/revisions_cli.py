@@ -9,7 +9,6 @@ earlier revision again as the newest.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timezone
 from typing import Any, Awaitable, Callable
 
@@ -18,7 +17,8 @@ import click
 from router.config import Config, ConfigError, load_config
 from router.control.reload import LiveConfig, compare, decode_live, encode_live, with_live
 from router.control.route_diff import dry_run, route_changes
-from router.control.routes_cli import EXIT_PROBLEMS, fail, load_checked_routes, routes
+from router.control.cli_support import fail, run_on_nats
+from router.control.routes_cli import EXIT_PROBLEMS, load_checked_routes, routes
 from router.jetstream.revisions import RevisionStore
 
 __all__ = ["routes"]
@@ -32,20 +32,10 @@ def _config(config_path: str) -> Config:
 
 
 def _with_store(cfg: Config, action: Callable[[Any, RevisionStore], Awaitable[Any]]) -> Any:
-    from router.jetstream.connection import NatsStartupError, connect
+    async def go(js: Any) -> Any:
+        return await action(js, await RevisionStore(js, cfg.live.bucket, cfg.live.key).open())
 
-    async def go() -> Any:
-        nc = await connect(cfg.nats, "router-routes", fail_fast=True)
-        try:
-            js = nc.jetstream()
-            return await action(js, await RevisionStore(js, cfg.live.bucket, cfg.live.key).open())
-        finally:
-            await nc.close()
-
-    try:
-        return asyncio.run(go())
-    except NatsStartupError as exc:
-        fail(str(exc), 3)
+    return run_on_nats(cfg, "router-routes", "reading or storing revisions", go)
 
 
 async def _running(cfg: Config, store: RevisionStore) -> tuple[Config, str]:

@@ -9,22 +9,18 @@ load it with ``load_checked_routes``, which refuses a table with errors the way 
 from __future__ import annotations
 
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from router.config import ConfigError, Route
 from router.control.route_check import CheckReport, check_config, check_routes
+from router.control.cli_support import fail
 from router.redaction import redact
 
 __all__ = ["config_option", "load_checked_routes", "print_report", "routes"]
 
 EXIT_CLEAN, EXIT_PROBLEMS, EXIT_UNREADABLE = 0, 1, 2
-
-
-def fail(msg: str, code: int = EXIT_UNREADABLE) -> NoReturn:
-    click.echo(f"error: {redact(msg)}", err=True)
-    sys.exit(code)
 
 
 def config_option(f: Any) -> Any:
