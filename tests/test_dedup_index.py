@@ -1,10 +1,14 @@
 """The dedup index in simulated time: the window, the size bound (oldest keys first, never fewer
-than the bound), out-of-order journal replay and keys added again."""
+than the bound), out-of-order journal replay and keys added again; batch lookups and the memory
+a held key costs."""
 
 import random
+import tracemalloc
 
+import numpy as np
 import pytest
 
+from router.delivery import dedup_index
 from router.delivery.dedup_index import DedupIndex, key_hash
 
 WINDOW = 256.0  # 1 s buckets
@@ -204,3 +208,90 @@ def test_random_adds_replays_and_time_agree_with_the_reference(seed):
         assert len(idx) <= max_keys
         idx.evict()
         assert len(idx) == sum(1 for h in ref.place if ref.contains(h))
+
+
+def test_contains_many_answers_as_contains_does():
+    idx, clock = index(max_keys=1000)
+    idx.add_many(range(0, 600, 2))
+    clock.t += 10
+    idx.add_many([2**64 - 1, 5])  # the top of the hash range is a key like any other
+    probe = list(range(700)) + [2**64 - 1, 2**64 - 2]
+    got = idx.contains_many(probe)
+    assert got.dtype == bool
+    assert got.tolist() == [idx.contains(h) for h in probe]
+    assert got.tolist() == [h < 600 and h % 2 == 0 or h in (5, 2**64 - 1) for h in probe]
+    assert idx.contains_many(np.array(probe, dtype=np.uint64)).tolist() == got.tolist()
+    assert idx.contains_many([]).tolist() == []
+    clock.t += WINDOW - 5  # the first add's bucket is out of the window, the second's is not
+    assert idx.contains_many(probe).tolist() == [h in (5, 2**64 - 1) for h in probe]
+
+
+def test_an_empty_index_contains_nothing():
+    idx, _ = index()
+    assert idx.contains_many([1, 2**64 - 1]).tolist() == [False, False]
+    assert not idx.contains(1) and len(idx) == 0
+
+
+@pytest.fixture
+def small_runs(monkeypatch):
+    """Runs, merges and radix tables at a few hundred keys, so the random tests reach them."""
+    monkeypatch.setattr(dedup_index, "RADIX_MIN", 64)
+    monkeypatch.setattr(dedup_index, "MIN_RUN", 16)
+    monkeypatch.setattr(dedup_index, "KEYS_PER_SLICE", 2)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_merged_runs_and_batch_lookups_agree_with_the_reference(seed, small_runs):
+    rng = random.Random(1000 + seed)
+    clock = Clock()
+    max_keys = rng.choice([100, 400])
+    idx = DedupIndex(WINDOW, max_keys, clock)
+    ref = ReferenceIndex(WINDOW, max_keys, clock)
+    if seed % 3 == 0:  # add sequences and buckets run out of their 32 bits after long uptimes
+        idx._seq_limit, idx._rel_limit = 20 * max_keys, 2000
+    universe = [rng.getrandbits(64) for _ in range(max_keys * 3)]  # spread like real hashes
+    for _ in range(150):
+        hashes = [rng.choice(universe) for _ in range(rng.choice([0, 1, 7, 60, 250]))]
+        at = None if rng.random() < 0.8 else clock.t - rng.uniform(0, WINDOW * 1.1)
+        idx.add_many(hashes, at)
+        ref.add_many(hashes, at)
+        clock.t += rng.choice([0.0, 0.01, 0.5, 3.0, 40.0])
+        assert idx.contains_many(universe).tolist() == [ref.contains(h) for h in universe]
+        assert len(idx) <= max_keys
+        idx.evict()
+        assert len(idx) == sum(1 for h in ref.place if ref.contains(h))
+
+
+def test_places_stay_in_order_when_sequences_and_buckets_start_over(small_runs):
+    idx, clock = index(max_keys=300)
+    idx._seq_limit, idx._rel_limit = 1000, 600
+    for second in range(3000):  # far past both limits
+        idx.add_many([second * 10 + i for i in range(5)])
+        clock.t += 1
+    assert len(idx) == 300  # the newest: 60 seconds of 5 keys
+    assert {h for h in range(2900 * 10, 3000 * 10) if idx.contains(h)} == {
+        second * 10 + i for second in range(2940, 3000) for i in range(5)}
+
+
+def test_a_million_keys_take_at_most_32_bytes_each():
+    rng = np.random.default_rng(7)
+    clock = Clock()
+
+    def add(batches: int) -> None:
+        for _ in range(batches):
+            idx.add_many(rng.integers(0, 2**64 - 1, 10_000, dtype=np.uint64, endpoint=True))
+            clock.t += 5
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        idx = DedupIndex(window=3600, max_keys=1_000_000, clock=clock)
+        add(100)
+        filled = tracemalloc.get_traced_memory()[0] - before
+        add(60)  # at the bound: every add trims as many of the oldest keys
+        churned = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(idx) == 1_000_000
+    assert filled / 999_000 <= 32 and churned / len(idx) <= 32, (filled, churned)
+    assert abs(idx.memory_bytes() - churned) <= 0.05 * churned, "memory_bytes() is what the index holds"
