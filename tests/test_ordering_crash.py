@@ -1,0 +1,194 @@
+"""Events of one order reach the ERP in order, none lost, none twice, through a kill -9 of the whole
+router (real NATS, Ray and HTTP destination): 2,000 orders x 10 events, a pool of 4 shards with 8
+requests each in flight, random 503s throughout, a 10 s outage that opens the breaker and parks,
+and the router killed while the park is being replayed, then started again on a new Ray cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+import nats
+import orjson
+import pytest
+import yaml
+
+from router.config import load_config
+from router.control.demo import demo_config_dict
+from router.loadtest.retail_events import GeneratedEvent
+
+from .conftest import wait_until
+from .harness import (duplicates_of, emulator_stats, kill_process_tree, poll_until, publish_paced, received,
+                      set_faults, wait_complete)
+from .test_crash import crash_config
+from .test_ordering import ordered_config
+
+ORDERS = 2_000
+STEPS = ("created", *(f"u{n}" for n in range(1, 9)), "cancelled")  # 10 events an order
+RATE = 400  # events a second offered by the storefronts: 20,000 events in 50 s
+ERRORS = {"error_rate": 0.1, "status": 503}
+OUTAGE_S = 10
+
+
+def order_events(orders: int, seed: int) -> list[GeneratedEvent]:
+    """Each order's created / 8 x updated / cancelled in sequence, the orders interleaved at random."""
+    rng = random.Random(seed)
+    step = {o: 0 for o in range(orders)}
+    out = []
+    while step:
+        o = rng.choice(list(step))
+        name = STEPS[step[o]]
+        kind = "updated" if name.startswith("u") else name
+        key = f"o{o}-{name}"
+        body = {"idempotency_key": key, "type": f"order.{kind}", "source": "web-storefront",
+                "occurred_at": "2026-11-27T10:00:00Z",
+                "data": {"order_id": f"O-{o}", "channel": "web", "currency": "EUR", "total": 10.0 + step[o],
+                         "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price": 10.0 + step[o]}]}}
+        out.append(GeneratedEvent("retail.orders.web", orjson.dumps(body), key, f"order.{kind}"))
+        step[o] += 1
+        if step[o] == len(STEPS):
+            del step[o]
+    return out
+
+
+def _config(nats_url: str, emulator_url: str) -> dict:
+    raw = demo_config_dict(nats_url, emulator_url)
+    crash_config(raw)  # short ack_wait: what was unacked at the kill comes back within seconds
+    ordered_config(raw)  # ordering_key [data.order_id]; erp: pool 4, concurrency 8, batches of 20
+    return raw
+
+
+async def _parked_ever(url: str) -> int:
+    """Records ever stored in the park (a work queue: what was replayed has left it)."""
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().stream_info("ROUTER_PARKED")
+        return info.state.last_seq
+    finally:
+        await nc.close()
+
+
+def _out_of_order(got: dict[str, int]) -> dict[str, list[str]]:
+    """Orders whose events did not first arrive in source order (or not all of them): order -> as seen."""
+    seen: dict[str, list[str]] = {}
+    for key in got:  # dicts keep insertion order: the emulator's order of first receipt
+        order, step = key.split("-")
+        seen.setdefault(order, []).append(step)
+    out = {o: s for o, s in seen.items() if s != list(STEPS)}
+    out.update({f"o{o}": [] for o in range(ORDERS) if f"o{o}" not in seen})
+    return out
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "router defect: park records a replayer had fetched when the router was killed stay ack-pending on the "
+    "park consumer for its ack_wait (120 s, router/jetstream/parking.py open()); the restarted replayer "
+    "delivers the records parked after them first (its _held_back set is in memory only, "
+    "router/delivery/park_replay.py) and then sends new records straight on, so those records arrive about "
+    "2 minutes later, after later events of their orders"))
+def test_each_orders_events_in_order_once_through_503s_an_outage_and_a_kill_9(clean, nats_server, emulator, tmp_path):
+    events = order_events(ORDERS, seed=14)
+    assert len(events) == ORDERS * len(STEPS)
+    keys = {e.key for e in events}
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(_config(nats_server.url, emulator.url)))
+    cfg = load_config(path)
+    assert cfg.destinations["erp"].pool_size == 4 and cfg.destinations["erp"].concurrency == 8
+    assert next(r for r in cfg.route_list if r.name == "orders-to-erp").ordering_key == ["data.order_id"]
+    log = tmp_path / "router.log"
+
+    procs: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        procs.append(subprocess.Popen([sys.executable, "-m", "router.control.cli", "run", "-c", str(path)],
+                                      stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True))
+        return procs[-1]
+
+    def running(times: int, proc: subprocess.Popen) -> None:
+        wait_until(lambda: log.read_text().count("router running") >= times or proc.poll() is not None, 120,
+                   "the router to start")
+        assert proc.poll() is None, log.read_text()[-3000:]
+
+    async def erp_count() -> int:
+        return len(await received(emulator.url, "erp"))
+
+    async def scenario(proc: subprocess.Popen) -> dict:
+        figures: dict = {}
+        await set_faults(emulator.url, "erp", ERRORS)
+        # Storefronts publish at a steady rate, and go on publishing while the router is down.
+        publishing = asyncio.get_running_loop().create_task(publish_paced(nats_server.url, events, RATE))
+        try:
+            await poll_until(lambda: _at_least(emulator.url, 2_000), 60, "the ERP to receive 2,000 records")
+            await set_faults(emulator.url, "erp", {**ERRORS, "outage_s": OUTAGE_S})  # the breaker opens: parking
+            await asyncio.sleep(OUTAGE_S)
+            # The outage is over: the shards replay their parks. Kill everything while they do.
+            figures["outage_end"] = n = await erp_count()
+            await poll_until(lambda: _at_least(emulator.url, n + 300), 30, "the ERP to take records again",
+                             interval=0.02)
+            figures["parked_before_kill"] = await _parked_ever(nats_server.url)
+            await asyncio.to_thread(kill_process_tree, proc.pid)  # driver, Ray, every actor: no drain, no acks
+            figures["killed_at"] = time.monotonic()
+            figures["before_kill"] = await received(emulator.url, "erp")
+            proc = start()  # a new Ray cluster: dedup state and parks come back from JetStream
+            await asyncio.to_thread(running, 2, proc)
+            figures["restarted_in"] = time.monotonic() - figures["killed_at"]
+            await asyncio.wait_for(publishing, 120)
+            await wait_complete(nats_server.url, emulator.url, {"erp": keys}, timeout=240)
+        finally:
+            if not publishing.done():
+                publishing.cancel()
+            await set_faults(emulator.url, "erp", None)
+        figures["got"] = await received(emulator.url, "erp")
+        figures["requests"] = (await emulator_stats(emulator.url))["erp"]["requests"]
+        figures["accepted"] = len(await _get(f"{emulator.url}/batch-sizes/erp"))
+        figures["parked"] = await _parked_ever(nats_server.url)
+        return figures
+
+    try:
+        running(1, start())
+        t0 = time.monotonic()
+        figures = asyncio.run(scenario(procs[0]))
+        elapsed = time.monotonic() - t0
+        procs[-1].send_signal(signal.SIGTERM)
+        procs[-1].wait(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                kill_process_tree(p.pid)
+
+    got, before = figures["got"], figures["before_kill"]
+    dups = duplicates_of(got)
+    disorder = _out_of_order(got)
+    text = log.read_text()
+    breaker_opened = len(re.findall(r"erp: circuit breaker \w+ -> open", text))
+    failed_requests = figures["requests"] - figures["accepted"]
+    print(f"\nordering through kill -9: {len(events)} events over {ORDERS} orders in {elapsed:.0f}s; "
+          f"{len(before)} delivered before the kill, {len(keys) - len(before)} after (restart took "
+          f"{figures['restarted_in']:.0f}s); {failed_requests} ERP requests refused, breaker opened "
+          f"{breaker_opened} times, {figures['parked']} records parked ({figures['parked_before_kill']} before the "
+          f"kill); received {len(got)} keys, {len(keys - set(got))} lost, {dups} duplicates, "
+          f"{len(disorder)} orders out of order")
+    # The faults happened: 503s, an outage that parked, a kill with work on both sides of it.
+    assert failed_requests > 0, "the ERP refused requests"
+    assert breaker_opened > 0 and figures["parked_before_kill"] > 0, "the outage opened the breaker and parked"
+    assert figures["outage_end"] < len(before) < len(keys), "killed mid-stream, while the park was replayed"
+    # The guarantee: all of them, each once, each order in order.
+    assert set(got) == keys, f"lost {len(keys - set(got))}, e.g. {sorted(keys - set(got))[:5]}"
+    twice = {k: n for k, n in got.items() if n > 1}
+    assert not twice, f"{len(twice)} keys received more than once, e.g. {list(twice.items())[:5]}"
+    assert not disorder, f"{len(disorder)} orders out of order, e.g. {list(disorder.items())[:3]}"
+
+
+async def _get(url: str):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url) as r:
+            return await r.json()
+
+
+async def _at_least(emulator_url: str, n: int) -> bool:
+    return len(await received(emulator_url, "erp")) >= n
