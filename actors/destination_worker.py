@@ -95,18 +95,20 @@ class DestinationWorker:
         await self._ready()
         return self.loaded_keys
 
-    async def submit(self, batch: bytes, sender: str = "", seq: int = 0) -> SubmitResult:
+    async def submit(self, batch: bytes, sender: str = "", seq: int = 0, floor: int | None = None) -> SubmitResult:
         """A ``RecordBatch`` in its wire form; returns once every record in it is final.
 
         ``sender`` / ``seq``: the ingest actor and its count of calls to this shard. Ray does not keep
         the order of calls to an async actor, so calls take their place in the queue in ``seq`` order
-        (records with an ordering key depend on it); a gap waits at most ``_TURN_WAIT`` seconds."""
+        (records with an ordering key depend on it); a gap waits at most ``_TURN_WAIT`` seconds.
+        ``floor``: the sender's oldest call to this shard still open; a sender not seen here yet starts
+        there, so its first call waits for an earlier one that arrives after it."""
         shard = await self._ready()
         records = RecordBatch.decode(batch)
         if not sender:
             return await shard.submit(records, records.revision)
         self._arrived.setdefault(sender, set()).add(seq)
-        await self._turn(sender, seq)
+        await self._turn(sender, seq, seq if floor is None else min(floor, seq))
         self._arrived[sender].discard(seq)
         admitted = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(shard.submit(records, records.revision, admitted))
@@ -116,10 +118,10 @@ class DestinationWorker:
             self._next_turn(sender, seq)
         return await task
 
-    async def _turn(self, sender: str, seq: int) -> None:
+    async def _turn(self, sender: str, seq: int, floor: int) -> None:
         turns = self._turns
         if sender not in turns:
-            turns[sender] = seq  # the first call seen from this sender (a new or restarted ingest actor)
+            turns[sender] = floor  # a new or restarted ingest actor, or this actor was restarted
         deadline = asyncio.get_running_loop().time() + _TURN_WAIT
         while turns[sender] < seq:
             remaining = deadline - asyncio.get_running_loop().time()

@@ -51,13 +51,17 @@ class IngestStats(msgspec.Struct):
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
 class IngestActor:
     def __init__(self, cfg: Config, source: str, sink_actor_names: dict[str, list[str]], index: int = 0,
-                 revision: int = 0) -> None:
+                 revision: int = 0, partition: int | None = None) -> None:
         self.cfg = cfg
         self.src = next(s for s in cfg.sources if s.name == source)
         self.index = index
+        # The one partition whose consumer this actor reads; None: the source's `durable` (not partitioned,
+        # or the messages stored before the stream was partitioned)
+        self.partition = partition
         self.stats_ = IngestStats(source=source)
         self._sender = uuid.uuid4().hex  # per incarnation: a restarted actor counts its calls from 0 again
         self._seqs: dict[tuple[str, int], int] = {}
+        self._unanswered: dict[tuple[str, int], set[int]] = {}  # per sink actor, this actor's calls still open
         try:
             self._use(cfg, sink_actor_names, revision)
         except ValueError:  # restarted by Ray after a reload replaced those sink actors: the supervisor
@@ -70,11 +74,19 @@ class IngestActor:
         self._batch_ids = 0
         self.consumer: PullConsumer | None = None
 
-    def _next_seq(self, dest: str, shard: int) -> int:
-        """This actor's count of calls to one sink actor: it puts them in order at the other end."""
+    def _next_seq(self, dest: str, shard: int) -> tuple[int, int]:
+        """This actor's count of calls to one sink actor: it puts them in order at the other end; and
+        the oldest call to it still open, where a sink actor that has not seen this one yet starts
+        (the first two calls can arrive in either order)."""
         n = self._seqs.get((dest, shard), 0)
         self._seqs[(dest, shard)] = n + 1
-        return n
+        open_calls = self._unanswered.setdefault((dest, shard), set())
+        open_calls.add(n)
+        return n, min(open_calls)
+
+    def _submit(self, workers: dict[str, list[Any]], dest: str, shard: int, records: Any) -> tuple[Any, Any]:
+        seq, floor = self._next_seq(dest, shard)
+        return (dest, shard, seq), workers[dest][shard].submit.remote(records.encode(), self._sender, seq, floor)
 
     def _use(self, cfg: Config, sink_actor_names: dict[str, list[str]], revision: int) -> None:
         # By name, not by handle: a restarted ingest actor finds the sink actors again by itself.
@@ -118,7 +130,10 @@ class IngestActor:
         nc = await connect(self.cfg.nats, f"router-ingest-{src.name}-{self.index}")
         js = nc.jetstream()
         dlq = DeadLetterPublisher(js, self.cfg.dead_letter.stream, self.cfg.dead_letter.subject_prefix)
-        consumer = self.consumer = PullConsumer(nc, src.stream, src.durable)
+        if self.partition is None:
+            consumer = self.consumer = PullConsumer(nc, src.stream, src.durable)
+        else:
+            consumer = self.consumer = PullConsumer(nc, src.stream, src.consumers[self.partition], partitioned=True)
         await consumer.start()
         window = asyncio.Semaphore(src.max_inflight_batches)
         tasks: set[asyncio.Task] = set()
@@ -191,7 +206,6 @@ class IngestActor:
             log.exception("ingest %s: planning a batch of %d failed; planning message by message",
                           self.src.name, len(msgs))
             plan = planner.plan_each(msgs, seqs, published)
-        failed: set[int] = set()
 
         rejected = list(plan.rejected)
         if self.cfg.on_unrouted == "dead_letter":
@@ -199,8 +213,17 @@ class IngestActor:
         letters = [dlq.ingest_failure(self.src.name, msgs[i].data, reason, subject=msgs[i].subject,
                                       stream_seq=seqs[i], headers=msgs[i].headers)
                    for i, reason in rejected]
-        calls = [(idx, workers[dest][shard].submit.remote(records.encode(), self._sender, self._next_seq(dest, shard)))
+        calls = [(idx, *self._submit(workers, dest, shard, records))
                  for (dest, shard), (records, idx) in plan.work.items()]
+        try:
+            await self._finish(msgs, plan, rejected, letters, calls, dlq)
+        finally:
+            for _, (dest, shard, seq), _ in calls:
+                self._unanswered[(dest, shard)].discard(seq)
+
+    async def _finish(self, msgs: list[Any], plan: Any, rejected: list[tuple[int, str]], letters: list[Any],
+                      calls: list[tuple[Any, Any, Any]], dlq: DeadLetterPublisher) -> None:
+        failed: set[int] = set()
         # Letter by letter: one that cannot be stored is NAKed alone (redelivered later), the
         # others are acked. An oversized one is cut to fit by the publisher, never refused for size.
         outcomes = await dlq.publish_each(letters)
@@ -215,8 +238,8 @@ class IngestActor:
         for (route, dest), n in plan.routed.items():
             routed[f"{route}/{dest}"] = routed.get(f"{route}/{dest}", 0) + n
 
-        results = await asyncio.gather(*(ref for _, ref in calls), return_exceptions=True)
-        for (idx, _), res in zip(calls, results):
+        results = await asyncio.gather(*(ref for _, _, ref in calls), return_exceptions=True)
+        for (idx, _, _), res in zip(calls, results):
             if isinstance(res, BaseException):
                 log.warning("ingest %s: %d records not final, will be redelivered: %s",
                             self.src.name, len(idx), str(res).splitlines()[-1][:300])

@@ -120,8 +120,9 @@ class _Watcher:
     async def _backlog(self, s: Sample) -> None:
         for src in self.dep.cfg.sources:
             try:
-                ci = await self.js.consumer_info(src.stream, src.durable, timeout=2)
-                s.pending += ci.num_pending + ci.num_ack_pending
+                for consumer in src.consumers:  # one per partition of a partitioned source
+                    ci = await self.js.consumer_info(src.stream, consumer, timeout=2)
+                    s.pending += ci.num_pending + ci.num_ack_pending
                 s.published += (await self.js.stream_info(src.stream)).state.messages
             except Exception:  # the consumer is not there yet: nothing pending on it
                 pass

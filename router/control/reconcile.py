@@ -46,6 +46,7 @@ from router.config import Config
 from router.delivery.dedup_index import key_hash
 from router.ingest.routing import RouteTable, wildcard_match
 from router.jetstream.dead_letters import H
+from router.jetstream.partitions import consumer_filter, strip_partition
 from router.jetstream.stream_reader import batches_until, read_only_consumer
 from router.wire import IDEMPOTENCY_KEY, JOURNAL_SHARD_HASHES, journal_subject
 
@@ -363,7 +364,12 @@ async def reconcile(js: JetStreamContext, cfg: Config, req: ReconcileRequest,
         if not info.state.messages:
             continue
         floor = await _ack_floor(js, src.stream, src.durable)
-        for subject in src.subjects:
+        # (subject, its consumer's ack floor, whether a partition number is in front)
+        reads = [(subject, floor, False) for subject in src.subjects]
+        if src.partitions > 1:  # each partition, and under `durable` what was stored before partitioning
+            for k, consumer in enumerate(src.consumers):
+                reads.append((consumer_filter(src, k), await _ack_floor(js, src.stream, consumer), True))
+        for subject, floor, partitioned in reads:
             # Counted now for the progress total, read later through a new consumer: one left
             # idle while other subjects are read would be removed by the server (inactive_threshold).
             sub = await read_only_consumer(js, src.stream, subject, since=req.since)
@@ -371,16 +377,19 @@ async def reconcile(js: JetStreamContext, cfg: Config, req: ReconcileRequest,
             await sub.unsubscribe()
             total += pending
             if pending:
-                plan.append((src, subject, info.state.last_seq, floor))
+                plan.append((src, subject, info.state.last_seq, floor, partitioned))
 
     read = 0
     progress(0, total)
-    for src, subject, last_seq, floor in plan:
+    for src, subject, last_seq, floor, partitioned in plan:
         sub = await read_only_consumer(js, src.stream, subject, since=req.since)
         try:
             chunk: list[Any] = []
             async for msgs in batches_until(sub, last_seq):
                 read += len(msgs)
+                if partitioned:  # routed by the publisher's subject
+                    for m in msgs:
+                        m.subject = strip_partition(m.subject)
                 chunk += [(m, m.metadata.sequence.stream, m.metadata.timestamp.timestamp()) for m in msgs]
                 ended = bool(chunk) and (chunk[-1][1] >= last_seq or (req.until is not None and chunk[-1][2] > req.until))
                 chunk = [c for c in chunk if c[1] <= last_seq and (req.until is None or c[2] <= req.until)]

@@ -66,6 +66,7 @@ def _proposed(cfg: Config, routes_file: str, config_path: str) -> tuple[Config, 
 @click.option("--sample", default=1000, show_default=True, help="Latest messages per source stream to dry-run.")
 def routes_diff(routes_file: str, config_path: str, sample: int) -> None:
     """What applying ROUTES_FILE would change, and a dry run over the latest events (nothing consumed)."""
+    from router.jetstream.partitions import unpartitioned
     from router.jetstream.stream_reader import read_tail
 
     cfg = _config(config_path)
@@ -74,7 +75,10 @@ def routes_diff(routes_file: str, config_path: str, sample: int) -> None:
     async def go(js: Any, store: RevisionStore) -> Any:
         msgs = []
         for src in cfg.sources:
-            msgs += await read_tail(js, src.stream, sample)
+            tail = await read_tail(js, src.stream, sample)
+            for m in tail:  # routed by the publisher's subject
+                m.subject = unpartitioned(src, m.subject)
+            msgs += tail
         return await _running(cfg, store), msgs
 
     (current, label), msgs = _with_store(cfg, go)

@@ -408,11 +408,15 @@ class _Checker:
         for i, src in sources:
             if src.name in names:
                 self.add("error", file, f"sources[{i}].name", f"duplicate source name `{src.name}`")
-            if (src.stream, src.durable) in durables:
-                self.add("error", file, f"sources[{i}].durable",
-                         f"durable `{src.durable}` on `{src.stream}` is used twice")
+            for consumer in dict.fromkeys([src.durable, *src.consumers]):
+                if (src.stream, consumer) in durables:
+                    self.add("error", file, f"sources[{i}].durable",
+                             f"durable `{consumer}` on `{src.stream}` is used twice")
+                durables.add((src.stream, consumer))
             names.add(src.name)
-            durables.add((src.stream, src.durable))
+            problem = src.partition_problem()
+            if problem:
+                self.add("error", file, f"sources[{i}].{problem[0]}", problem[1])
 
     def _env(self, var: str | None, file: str, path: str) -> None:
         if var and var not in os.environ:

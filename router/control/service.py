@@ -103,16 +103,22 @@ async def poll_stats(sup: Supervisor, cfg: Config, ready: Readiness, server: Met
 
 
 async def consumer_lag(nc: Any, cfg: Config, st: RouterStats) -> None:
-    """Fill in each source's consumer pending / ack-pending (one consumer info call per source);
-    a source whose info cannot be read now is left out rather than reported as zero."""
+    """Fill in each source's consumer pending / ack-pending (one consumer info call per consumer: a
+    partitioned source adds up its partitions' and has them one by one too); a source whose info
+    cannot be read now is left out rather than reported as zero."""
     js = nc.jetstream()
     for src in cfg.sources:
         try:
-            info = await js.consumer_info(src.stream, src.durable, timeout=2.0)
+            infos = [await js.consumer_info(src.stream, c, timeout=2.0) for c in src.consumers]
         except Exception:  # noqa: BLE001 - NATS down or reconnecting: no figure this round
             continue
-        st.consumer_pending[src.name] = info.num_pending or 0
-        st.consumer_ack_pending[src.name] = info.num_ack_pending or 0
+        pending = [i.num_pending or 0 for i in infos]
+        ack_pending = [i.num_ack_pending or 0 for i in infos]
+        st.consumer_pending[src.name] = sum(pending)
+        st.consumer_ack_pending[src.name] = sum(ack_pending)
+        if src.partitions > 1:
+            st.partition_pending[src.name] = pending
+            st.partition_ack_pending[src.name] = ack_pending
 
 
 async def run_service(cfg: Config, status_every: float = 10.0, drain_timeout: float = 60.0,

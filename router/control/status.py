@@ -1,7 +1,8 @@
 """``router status --url http://host:port``: what the router is doing, read from its ``/metrics``.
 
 Scrapes twice (``interval`` apart) to turn counters into rates, then redraws a table in place
-every ``interval`` seconds: per source the rate acked, lag (consumer pending) and ack-pending;
+every ``interval`` seconds: per source the rate acked, lag (consumer pending) and ack-pending, and
+the lag of each partition of a partitioned source;
 per destination the delivery rate, p50 / p99 end-to-end latency, breaker, parked backlog,
 dead letters; per workflow with an SLO the share within it and the breaches. ``--once --json``
 prints one snapshot as JSON for scripts.
@@ -82,10 +83,15 @@ def view(samples: dict, earlier: dict | None = None, seconds: float = 0.0) -> di
     pending = _by(samples, "router_source_consumer_pending", "source")
     ack_pending = _by(samples, "router_source_consumer_ack_pending", "source")
     invalid = _by(samples, "router_source_dead_lettered_total", "source")
+    partitions: dict[str, dict[int, int]] = {}
+    for labels, v in samples.get("router_source_partition_consumer_pending", []):
+        partitions.setdefault(labels["source"], {})[int(labels["partition"])] = int(v)
     sources = {s: {"acked": int(acked[s]), "acked_per_s": round(acked_rate.get(s, 0.0), 1),
                    "pending": int(pending[s]) if s in pending else None,
                    "ack_pending": int(ack_pending[s]) if s in ack_pending else None,
-                   "invalid": int(invalid.get(s, 0))} for s in sorted(acked)}
+                   "invalid": int(invalid.get(s, 0)),
+                   **({"partition_pending": [v for _, v in sorted(partitions[s].items())]} if s in partitions else {})}
+               for s in sorted(acked)}
     outcomes: dict[str, dict[str, float]] = {}
     for labels, v in samples.get("router_records_total", []):
         outcomes.setdefault(labels["destination"], {})[labels["outcome"]] = v
@@ -136,6 +142,10 @@ def render(v: dict[str, Any], url: str = "") -> str:
     lines += _table(["source", "acked/s", "acked", "lag", "ack pending", "invalid"],
                     [[n, s["acked_per_s"], s["acked"], s["pending"], s["ack_pending"], s["invalid"]]
                      for n, s in v["sources"].items()])
+    for n, s in v["sources"].items():
+        if "partition_pending" in s:
+            lags = "  ".join(f"p{k} {lag}" for k, lag in enumerate(s["partition_pending"]))
+            lines.append(f"{n} lag by partition: {lags}")
     lines.append("")
     lines += _table(["destination", "delivered/s", "delivered", "dup", "p50 s", "p99 s", "breaker", "parked",
                      "replayed", "dead letters"],

@@ -50,6 +50,9 @@ class RouterStats(msgspec.Struct):
     # Per source, from the durable consumer's info (the service fills them in; -1: not known)
     consumer_pending: dict[str, int] = {}  # messages in the stream not yet delivered to the router
     consumer_ack_pending: dict[str, int] = {}  # delivered, not yet acked
+    # Per partitioned source, the same for each partition's consumer (index: partition)
+    partition_pending: dict[str, list[int]] = {}
+    partition_ack_pending: dict[str, list[int]] = {}
     actors_down: list[str] = []  # actors that did not answer the last stats call (dead or restarting)
 
 
@@ -155,8 +158,7 @@ class Supervisor:
         try:
             js = nc.jetstream()
             await ensure_router_streams(js, cfg)
-            for src in cfg.sources:
-                await ensure_source(js, src)
+            unpartitioned_left = [src for src in cfg.sources if await ensure_source(js, src)]
             self.revision = await self._seed_revision(js)
         finally:
             await nc.close()
@@ -164,8 +166,15 @@ class Supervisor:
         # Fail at start-up, not at the first record, if a sink actor cannot load its dedup shard.
         await self._start_sinks(cfg, list(cfg.destinations))
         for src in cfg.sources:
-            for _ in range(src.ingest_actors):
-                self._add_ingest(src.name)
+            if src in unpartitioned_left:
+                self._runs[f"unpartitioned-{src.name}"] = asyncio.get_running_loop().create_task(
+                    self._finish_unpartitioned(src))
+            elif src.partitions > 1:
+                for k in range(src.partitions):
+                    self._add_ingest(src.name, k)
+            else:
+                for _ in range(src.ingest_actors):
+                    self._add_ingest(src.name)
         scalers = {src.name: s for src in cfg.sources if (s := IngestScaler.for_source(src)) is not None}
         if scalers:
             self._autoscaler = asyncio.get_running_loop().create_task(self._autoscale(scalers))
@@ -403,22 +412,27 @@ class Supervisor:
 
     # -- ingest actors: placement and autoscaling -----------------------------------------------------
 
-    def _add_ingest(self, source: str) -> None:
-        """Start one more ingest actor on ``source`` (it shares the durable consumer) and its loop."""
+    def _add_ingest(self, source: str, partition: int | None = None) -> str:
+        """Start one more ingest actor on ``source`` (on the durable consumer it shares, or on one
+        partition's consumer) and its loop; returns its name."""
         self._ingest_serial += 1
         name = f"router-{self.run_id}-ingest-{source}-{self._ingest_serial}"
         actor = IngestActor.options(name=name, **actor_options(self.cfg, kind="ingest")).remote(
-            self.cfg, source, self.names, self._ingest_serial - 1, self.revision)
+            self.cfg, source, self.names, self._ingest_serial - 1, self.revision, partition)
         self.ingest = [*self.ingest, (source, actor)]  # a new list: a stats call in progress keeps its own
         self._ingest_names[name] = (source, actor)
         self._runs[name] = asyncio.get_running_loop().create_task(self._keep_running(source, actor))
+        return name
 
     async def _remove_ingest(self, source: str) -> None:
         """Stop the source's newest ingest actor: it stops fetching and sees its open batches through."""
         name = next((n for n, (src, _) in reversed(self._ingest_names.items()) if src == source), None)
-        if name is None:
-            return
-        _, actor = self._ingest_names.pop(name)
+        if name is not None:
+            await self._retire_ingest(name)
+
+    async def _retire_ingest(self, name: str) -> None:
+        """Stop one ingest actor (it sees its open batches through); its counters stay in the stats."""
+        source, actor = self._ingest_names.pop(name)
         self.ingest = [e for e in self.ingest if e[1] is not actor]
         await actor.stop.remote()
         await asyncio.gather(self._runs.pop(name), return_exceptions=True)
@@ -426,6 +440,39 @@ class Supervisor:
         final.in_flight = 0
         self._retired_ingest.append((source, final))
         ray.kill(actor, no_restart=True)
+
+    async def _finish_unpartitioned(self, src: Any, every: float = 1.0) -> None:
+        """The source's stream was partitioned after the router had read from it: one ingest actor
+        finishes, on the old consumer, the messages stored before; only then do the partition actors
+        start, so each key's older events go first."""
+        log.warning("source %s: consumer %s has messages from before the stream was partitioned; one ingest actor "
+                    "finishes them before the %d partition actors start", src.name, src.durable, src.partitions,
+                    extra={"event": "unpartitioned_backlog", "source": src.name})
+        name = self._add_ingest(src.name)
+        while not self._stopping:
+            try:
+                nc = await connect(self.cfg.nats, "router-unpartitioned-backlog")
+                try:
+                    while not self._stopping:
+                        info = await nc.jetstream().consumer_info(src.stream, src.durable)
+                        if not info.num_pending and not info.num_ack_pending:
+                            break
+                        await asyncio.sleep(every)
+                finally:
+                    await nc.close()
+                break
+            except Exception as exc:  # NATS restarting: the actor goes on; ask again
+                log.warning("source %s: reading consumer %s failed (%s); retrying in 2s", src.name, src.durable, exc)
+                await asyncio.sleep(2.0)
+        if self._stopping:
+            return
+        async with self._apply_lock:  # the partition actors start with the revision running
+            await self._retire_ingest(name)
+            if not self._stopping:
+                log.info("source %s: messages from before partitioning finished; starting its partition actors",
+                         src.name)
+                for k in range(src.partitions):
+                    self._add_ingest(src.name, k)
 
     async def _autoscale(self, scalers: dict[str, IngestScaler], every: float = 2.0) -> None:
         """Each poll, per autoscaled source: its consumer's lag -> add or remove an ingest actor."""
@@ -439,7 +486,7 @@ class Supervisor:
                     while not self._stopping:
                         for name, scaler in scalers.items():
                             src = sources[name]
-                            pending = (await js.consumer_info(src.stream, src.durable)).num_pending
+                            pending = sum([(await js.consumer_info(src.stream, c)).num_pending for c in src.consumers])
                             actors = sum(1 for s, _ in self.ingest if s == name)
                             step = scaler.decide(pending, actors, loop.time())
                             if step:

@@ -19,6 +19,8 @@ import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from router.jetstream.partitions import strip_partition
+
 __all__ = ["PullConsumer", "delivery_count", "stream_seq"]
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,9 @@ def published_ns(reply: str) -> int:
 
 
 class PullConsumer:
-    def __init__(self, nc: Client, stream: str, durable: str) -> None:
+    def __init__(self, nc: Client, stream: str, durable: str, partitioned: bool = False) -> None:
         self._nc = nc
+        self._partitioned = partitioned  # a partition consumer: each subject has the partition number in front
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._inbox = ""
         self._sub: Any = None
@@ -72,6 +75,8 @@ class PullConsumer:
         if msg.reply:
             # A delivery. One that arrives after its request ended still counts: it is pending on
             # the server, so it goes into the batch being gathered now.
+            if self._partitioned:
+                msg.subject = strip_partition(msg.subject)
             self._batch.append(msg)
             if len(self._batch) >= self._want:
                 self._finish()

@@ -7,13 +7,20 @@ with a clear message rather than at the first message.
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import nats.js.errors
 from nats.js import JetStreamContext, api
 
 from router.config import Config, Source
+from router.jetstream.partitions import consumer_filter, describe, is_partition_transform, partition_transform
 from router.wire import journal_subjects
 
 __all__ = ["SetupError", "ensure_router_streams", "ensure_source", "dedup_subjects"]
+
+
+log = logging.getLogger(__name__)
 
 
 class SetupError(RuntimeError):
@@ -57,49 +64,107 @@ async def ensure_router_streams(js: JetStreamContext, cfg: Config) -> None:
     ))
 
 
-async def ensure_source(js: JetStreamContext, src: Source) -> None:
-    """The source stream (when the router may create it) and its durable pull consumer."""
+async def ensure_source(js: JetStreamContext, src: Source) -> bool:
+    """The source stream (when the router may create it) and its durable pull consumers (one per
+    partition). True when the consumer from before the stream was partitioned still has messages
+    to finish (the supervisor has them read before the partition consumers start)."""
+    want = partition_transform(src)
     try:
         info = await js.stream_info(src.stream)
         stream_subjects = set(info.config.subjects or [])
+        _check_transform(src, info.config.subject_transform, want)
     except nats.js.errors.NotFoundError:
         if not src.create_stream:
             raise SetupError(
                 f"source `{src.name}`: stream {src.stream} does not exist and create_stream is false; "
-                "create it or set create_stream: true") from None
+                "create it or set create_stream: true"
+                + (f", with the subject transform {describe(want)}" if want else "")) from None
         try:
             await js.add_stream(api.StreamConfig(
                 name=src.stream, subjects=list(src.subjects), storage=api.StorageType.FILE,
-                retention=api.RetentionPolicy.LIMITS,
+                retention=api.RetentionPolicy.LIMITS, subject_transform=want,
             ))
         except nats.js.errors.APIError as exc:
             raise SetupError(f"source `{src.name}`: cannot create stream {src.stream}: {exc.description}") from None
         stream_subjects = set(src.subjects)
 
+    if want is None:
+        await _ensure_consumer(js, src, src.durable, None if set(src.subjects) == stream_subjects else src.subjects,
+                               src.ingest_actors)
+        return False
+    for k, name in enumerate(src.consumers):
+        await _ensure_consumer(js, src, name, [consumer_filter(src, k)], 1)
+    return await _unpartitioned_left(js, src)
+
+
+def _check_transform(src: Source, have: Any, want: api.SubjectTransform | None) -> None:
+    """A partitioned source needs its stream to store subjects through the partition transform; an
+    unpartitioned one cannot read a stream that does (every subject would carry a partition number)."""
+    if want is None:
+        if is_partition_transform(have):
+            raise SetupError(
+                f"source `{src.name}`: stream {src.stream} stores its subjects partitioned (subject transform "
+                f"{describe(have)}); set partitions and partition_token to match it, or remove the transform")
+        return
+    if have is not None and (have.src or ">") == want.src and (have.dest or "").replace(" ", "") == want.dest:
+        return
+    raise SetupError(
+        f"source `{src.name}`: partitions: {src.partitions} needs stream {src.stream} to have the subject transform "
+        f"{describe(want)} (it has: {describe(have)}); set it, e.g. `nats stream edit {src.stream} "
+        f"--transform-source '{want.src}' --transform-destination '{want.dest}'`, with the router stopped "
+        "(README: Several ingest actors, in order)")
+
+
+async def _ensure_consumer(js: JetStreamContext, src: Source, name: str, filters: list[str] | None,
+                           actors: int) -> None:
     consumer = api.ConsumerConfig(
-        durable_name=src.durable,
+        durable_name=name,
         ack_policy=api.AckPolicy.EXPLICIT,
         ack_wait=src.ack_wait,
         max_deliver=-1,  # the router dead-letters by its own rules; never by silent max_deliver drop
-        max_ack_pending=max(1000, src.fetch_batch * src.max_inflight_batches * src.ingest_actors * 2),
+        max_ack_pending=max(1000, src.fetch_batch * src.max_inflight_batches * actors * 2),
         max_waiting=512,
         deliver_policy=api.DeliverPolicy.ALL,
     )
-    if set(src.subjects) != stream_subjects:
-        if len(src.subjects) == 1:
-            consumer.filter_subject = src.subjects[0]
-        else:
-            consumer.filter_subjects = list(src.subjects)
+    if filters and len(filters) == 1:
+        consumer.filter_subject = filters[0]
+    elif filters:
+        consumer.filter_subjects = list(filters)
     try:
         await js.add_consumer(src.stream, consumer)
     except nats.js.errors.BadRequestError:
         # Exists with other settings: keep its position, update what may change.
-        info = await js.consumer_info(src.stream, src.durable)
+        info = await js.consumer_info(src.stream, name)
         cur = info.config
         cur.ack_wait, cur.max_ack_pending = consumer.ack_wait, consumer.max_ack_pending
         cur.filter_subject, cur.filter_subjects = consumer.filter_subject, consumer.filter_subjects
         try:
             await js.add_consumer(src.stream, cur)
         except nats.js.errors.APIError as exc:
-            raise SetupError(f"source `{src.name}`: consumer {src.durable} exists with incompatible settings: "
+            raise SetupError(f"source `{src.name}`: consumer {name} exists with incompatible settings: "
                              f"{exc.description}") from None
+
+
+async def _unpartitioned_left(js: JetStreamContext, src: Source) -> bool:
+    """Whether the source's consumer from before partitioning (``durable``) has messages stored before
+    the transform that it has not acked. If so it is narrowed to those subjects (partitioned ones
+    have a partition number in front), so it reads only them."""
+    try:
+        info = await js.consumer_info(src.stream, src.durable)
+    except nats.js.errors.NotFoundError:
+        try:
+            first = await js.get_msg(src.stream, seq=1, subject=src.subjects[0], next=True)
+        except nats.js.errors.NotFoundError:
+            return False
+        log.warning("source %s: stream %s holds messages stored before it was partitioned (from sequence %d) and "
+                    "consumer %s, which would say which the router finished, does not exist: the partition "
+                    "consumers do not read them", src.name, src.stream, first.seq, src.durable)
+        return False
+    floor = info.ack_floor.stream_seq if info.ack_floor else 0
+    try:
+        await js.get_msg(src.stream, seq=floor + 1, subject=src.subjects[0], next=True)
+    except nats.js.errors.NotFoundError:
+        return False
+    if info.config.filter_subject != src.subjects[0] or info.config.filter_subjects:
+        await _ensure_consumer(js, src, src.durable, [src.subjects[0]], 1)
+    return True
