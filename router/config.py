@@ -98,6 +98,41 @@ class Source(Base):
     scale_down_pending: Annotated[int, msgspec.Meta(ge=0)] = 1_000  # lag per actor below which one is removed
     scale_hold: Duration = 15.0  # how long the lag must stay past a threshold before a change
     redelivery_delay: Duration = 2.0  # NAK delay when a destination could not take a record yet
+    # Several ingest actors that keep each key's order (README "Several ingest actors, in order"):
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # one consumer `<durable>-p<k>` and ingest actor each
+    partition_token: Annotated[int, msgspec.Meta(ge=1)] | None = None  # subject token (1-based, a `*`) carrying the key
+
+    @property
+    def consumers(self) -> list[str]:
+        """The durable consumers the router reads: `durable`, or `<durable>-p<k>` for each partition k."""
+        return [self.durable] if self.partitions == 1 else [f"{self.durable}-p{k}" for k in range(self.partitions)]
+
+    def partition_problem(self) -> tuple[str, str] | None:
+        """(key, what is wrong) with the partition settings, or None."""
+        if self.partitions == 1:
+            if self.partition_token is not None:
+                return "partition_token", "takes effect only with partitions > 1; set partitions or remove it"
+            return None
+        if self.partition_token is None:
+            return "partition_token", (f"partitions: {self.partitions} needs the subject token that carries the key, "
+                                       "e.g. partition_token: 3 for `retail.orders.<order_id>`")
+        if len(self.subjects) != 1:
+            return "subjects", (f"a partitioned source takes one subject pattern (the stream's one subject "
+                                f"transform), got {len(self.subjects)}")
+        tokens = self.subjects[0].split(".")
+        token = tokens[self.partition_token - 1] if self.partition_token <= len(tokens) else None
+        if token != "*":
+            return "partition_token", (f"token {self.partition_token} of `{self.subjects[0]}` is "
+                                       f"{f'`{token}`' if token else 'past its end'}; the key's token must be a `*` "
+                                       "there, e.g. `retail.orders.*` with partition_token: 3")
+        if self.ingest_actors not in (1, self.partitions):
+            return "ingest_actors", (f"{self.ingest_actors}, but partitions: {self.partitions} runs one ingest actor "
+                                     f"per partition; set ingest_actors: {self.partitions} or leave it out")
+        if self.max_ingest_actors is not None:
+            return "max_ingest_actors", ("a partitioned source runs one ingest actor per partition, never more or "
+                                         "fewer (the partition count is fixed in the stream's subject transform); "
+                                         "remove max_ingest_actors")
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,6 +173,9 @@ class Route(Base):
     # Field paths whose values together name a sequence (`[data.order_id]`, `[data.sku, data.location_id]`):
     # records with equal values reach each destination in source order. Empty: no order promised.
     ordering_key: list[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]] = []
+    # The lane its records wait in at each destination: while a destination cannot keep up, high goes
+    # before normal before low (each lane keeps a share, see `lanes` in a destination), and low is parked first.
+    priority: Literal["high", "normal", "low"] = "normal"
 
 
 class RoutesFile(Base):
@@ -328,14 +366,20 @@ def check_references(cfg: Config, file: str, routes_file: str) -> None:
                 if t.split(".", 1)[0] not in enc.families:
                     raise ConfigError(routes_file, f"routes[{i}].match.types[{k}]",
                                       f"encoder `{enc.name}` cannot encode `{t}`; it takes {sorted(enc.families)} events")
+    _check_sequence_lanes(cfg, routes_file)
     names, durables = set(), set()
     for i, src in enumerate(cfg.sources):
         if src.name in names:
             raise ConfigError(file, f"sources[{i}].name", f"duplicate source name `{src.name}`")
-        if (src.stream, src.durable) in durables:
-            raise ConfigError(file, f"sources[{i}].durable", f"durable `{src.durable}` on `{src.stream}` is used twice")
+        for consumer in dict.fromkeys([src.durable, *src.consumers]):
+            if (src.stream, consumer) in durables:
+                raise ConfigError(file, f"sources[{i}].durable",
+                                  f"durable `{consumer}` on `{src.stream}` is used twice")
+            durables.add((src.stream, consumer))
         names.add(src.name)
-        durables.add((src.stream, src.durable))
+        problem = src.partition_problem()
+        if problem:
+            raise ConfigError(file, f"sources[{i}].{problem[0]}", problem[1])
         if src.max_ingest_actors is not None:
             if src.max_ingest_actors < src.ingest_actors:
                 raise ConfigError(file, f"sources[{i}].max_ingest_actors",
@@ -346,11 +390,32 @@ def check_references(cfg: Config, file: str, routes_file: str) -> None:
     ordered = next((r.name for r in cfg.route_list if r.ordering_key), None)
     if ordered:
         for i, src in enumerate(cfg.sources):
+            if src.partitions > 1:
+                continue  # one ingest actor per partition, checked above
             if src.ingest_actors > 1 or (src.max_ingest_actors or 1) > 1:
-                raise ConfigError(file, f"sources[{i}].ingest_actors",
-                                  f"route `{ordered}` has an ordering_key: each source needs exactly one ingest actor "
-                                  "(several share one consumer and interleave its batches); set ingest_actors: 1 "
-                                  "and no max_ingest_actors")
+                key = "ingest_actors" if src.ingest_actors > 1 else "max_ingest_actors"
+                raise ConfigError(file, f"sources[{i}].{key}",
+                                  f"route `{ordered}` has an ordering_key: several ingest actors on one source keep "
+                                  "each key's order only as partitions (actors sharing one consumer interleave its "
+                                  f"batches); set partitions: {max(src.ingest_actors, src.max_ingest_actors or 1)} "
+                                  "and partition_token (the subject token that carries the key) instead, or "
+                                  "ingest_actors: 1 and no max_ingest_actors")
+
+
+def _check_sequence_lanes(cfg: Config, routes_file: str) -> None:
+    """A sequence waits in one lane: routes with the same ordering key to the same destination share a
+    priority (in two lanes, a later record could overtake an earlier one)."""
+    lanes: dict[tuple[str, tuple[str, ...]], tuple[str, str]] = {}
+    for i, route in enumerate(cfg.route_list):
+        if not route.ordering_key:
+            continue
+        for dest in route.destinations:
+            first = lanes.setdefault((dest, tuple(route.ordering_key)), (route.name, route.priority))
+            if first[1] != route.priority:
+                raise ConfigError(routes_file, f"routes[{i}].priority",
+                                  f"`{route.priority}`, but route `{first[0]}` sends the same ordering key "
+                                  f"{route.ordering_key} to `{dest}` as `{first[1]}`: one sequence needs one "
+                                  f"priority; expected `{first[1]}`")
 
 
 def parse_section(raw: Any, tp: Any, file: str = "<config>", path: str = "") -> Any:

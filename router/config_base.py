@@ -14,7 +14,7 @@ import msgspec
 
 __all__ = [
     "AuthConfig", "Base", "BatchConfig", "BufferConfig", "ByteSize", "CircuitBreakerConfig", "DestinationBase",
-    "Duration", "Name", "RateLimitConfig", "RetryConfig", "Subject", "dec_hook", "enc_hook", "schema_hook",
+    "Duration", "LaneShares", "Name", "RateLimitConfig", "RetryConfig", "Subject", "dec_hook", "enc_hook", "schema_hook",
 ]
 
 
@@ -121,6 +121,18 @@ class BufferConfig(Base):
     max_wait: Duration = 5.0  # a record queued longer than this is parked, so the source moves on
 
 
+class LaneShares(Base):
+    """Each priority lane's share of the sends while lanes compete (see ``router/delivery/lanes.py``):
+    relative weights; a lane with nothing waiting gives its share to the others."""
+
+    high: Annotated[float, msgspec.Meta(gt=0)] = 70
+    normal: Annotated[float, msgspec.Meta(gt=0)] = 20
+    low: Annotated[float, msgspec.Meta(gt=0)] = 10
+
+    def as_tuple(self) -> tuple[float, float, float]:
+        return (self.high, self.normal, self.low)
+
+
 class CircuitBreakerConfig(Base):
     """Opens on a failure rate, on consecutive failures or on slow calls; records are parked while open."""
 
@@ -158,6 +170,8 @@ class DestinationBase(Base, tag_field="kind"):
     # After a record with an ordering key is dead-lettered, its later records of that key: `continue` (deliver
     # them) or `hold` (dead-letter them too, as held, so `router dlq replay` can put the sequence back in order).
     after_dead_letter: Literal["continue", "hold"] = "continue"
+    # Routes' `priority` lanes: each one's share of the sends while they compete.
+    lanes: LaneShares = LaneShares()
 
     @property
     def kind(self) -> str:

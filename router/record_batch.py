@@ -12,6 +12,8 @@ from typing import Iterator
 
 import msgspec
 
+from router.delivery.lanes import NORMAL
+
 __all__ = ["RecordBatch"]
 
 
@@ -30,20 +32,32 @@ class RecordBatch(msgspec.Struct, array_like=True):
     # Per record, the hash of its ordering key (0: none; see `ordering_key` in the route table). Empty when
     # no record of the batch has one.
     order_keys: list[int] = msgspec.field(default_factory=list)
+    # Per record, its priority lane (0 high, 1 normal, 2 low; see `priority` in the route table). Empty when
+    # every record of the batch is normal.
+    lanes: list[int] = msgspec.field(default_factory=list)
 
-    def append(self, key: str, payload: bytes, origin: str, published: int = 0, order_key: int = 0) -> None:
+    def append(self, key: str, payload: bytes, origin: str, published: int = 0, order_key: int = 0,
+               lane: int = NORMAL) -> None:
         if order_key and len(self.order_keys) < len(self.keys):  # the first record with one: pad the column
             self.order_keys.extend([0] * (len(self.keys) - len(self.order_keys)))
+        if lane != NORMAL and len(self.lanes) < len(self.keys):
+            self.lanes.extend([NORMAL] * (len(self.keys) - len(self.lanes)))
         self.keys.append(key)
         self.payloads.append(payload)
         self.origins.append(origin)
         self.published.append(published)
         if order_key or self.order_keys:
             self.order_keys.append(order_key)
+        if lane != NORMAL or self.lanes:
+            self.lanes.append(lane)
 
     def order_key_column(self) -> list[int] | itertools.repeat:
         """Each record's ordering key hash (0: none), to zip with the other columns."""
         return self.order_keys or itertools.repeat(0)
+
+    def lane_column(self) -> list[int] | itertools.repeat:
+        """Each record's priority lane, to zip with the other columns."""
+        return self.lanes or itertools.repeat(NORMAL)
 
     def __len__(self) -> int:
         return len(self.keys)

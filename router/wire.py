@@ -7,7 +7,7 @@ with their defaults there); the subjects inside them are built here.
 from __future__ import annotations
 
 __all__ = [
-    "CONTENT_TYPE", "CORRELATION_ID", "IDEMPOTENCY_KEY", "TRACEPARENT", "MSGPACK_CONTENT_TYPE", "NATS_MSG_ID", "JOURNAL_SHARD_HASHES", "ORDERING_KEY", "ORIGIN", "PARKED_REASON",
+    "CONTENT_TYPE", "CORRELATION_ID", "IDEMPOTENCY_KEY", "TRACEPARENT", "MSGPACK_CONTENT_TYPE", "NATS_MSG_ID", "JOURNAL_SHARD_HASHES", "ORDERING_KEY", "PRIORITY_LANE", "ORIGIN", "PARKED_REASON",
     "ROUTES_REVISION", "dlq_destination_subject", "dlq_ingest_subject", "journal_subject", "journal_subjects",
     "park_durable",
     "park_subject",
@@ -23,6 +23,7 @@ ORIGIN = "Router-Source"  # "<source>/<stream seq>" of the event a record came f
 PARKED_REASON = "Router-Parked-Reason"
 CORRELATION_ID = "Router-Correlation-Id"  # a record's correlation id, on each message to a NATS destination
 TRACEPARENT = "traceparent"  # W3C trace context: read on source messages, passed on with each record
+PRIORITY_LANE = "Router-Priority"  # a parked record's priority lane (`high`, `low`; none: normal)
 ORDERING_KEY = "Router-Ordering-Key"  # the hash of a record's ordering key (hex), on parked records and dead letters
 JOURNAL_SHARD_HASHES = "Router-Shard-Hashes"  # a dedup journal message that also lists each key's shard hash
 

@@ -8,6 +8,7 @@ import pytest
 
 from router.config import Destination, RetryConfig, parse_section
 from router.delivery.dedup_index import DedupIndex, key_hash
+from router.delivery.lanes import HIGH, LOW, NORMAL, LaneScheduler
 from router.delivery.memory_ports import MemoryDeadLetters, MemoryJournal, MemoryParking, ScriptedSink
 from router.delivery.shard import DestinationShard, RetriesExhausted, ShardPorts, batch_id
 from router.policies.circuit_breaker import CLOSED, HALF_OPEN, OPEN
@@ -206,7 +207,7 @@ def test_a_park_of_10000_is_replayed_in_order_through_dedup_while_new_records_ar
                   for j in range(0, 10_000, 500)]
         await asyncio.gather(*outage)
         # A replayed dead letter or an operator's re-park: keys the destination already has.
-        await parking.park([(f"early{i}", b"{}", "src/1", 0, 0) for i in range(50)], "replay of dead letters")
+        await parking.park([(f"early{i}", b"{}", "src/1", 0, 0, 1) for i in range(50)], "replay of dead letters")
         parked_order = parking.keys()
         assert len(parked_order) >= 10_000
         up[0] = True
@@ -405,7 +406,7 @@ def test_replaying_the_held_dead_letters_in_order_completes_the_sequence():
         letters = d.ports.dead_letters.letters
         assert [x["key"] for x in letters] == ["order-1-updated", "order-1-cancelled"]
         fixed[0] = True
-        await d.ports.parking.park([(x["key"], x["record"], x["origin"], 0, x["order_key"]) for x in letters],
+        await d.ports.parking.park([(x["key"], x["record"], x["origin"], 0, x["order_key"], 1) for x in letters],
                                    "replay of dead letters")
         while len(d.ports.parking):
             await asyncio.sleep(0.5)
@@ -414,3 +415,99 @@ def test_replaying_the_held_dead_letters_in_order_completes_the_sequence():
 
     sink = run_simulated(go())
     assert sequences(sink.delivered) == {"1": list(STEPS)}
+
+
+# -- priority lanes --------------------------------------------------------------------------------
+
+def lane_recs(lane: int, *keys, skus: int = 0):
+    """``skus``: the records' ordering keys cycle over this many (0: none)."""
+    batch = RecordBatch()
+    for k in keys:
+        okey = int(k.strip("lowhigh")) % skus + 1 if skus else 0
+        batch.append(k, b'{"idempotency_key":"%s"}' % k.encode(), "src/1", order_key=okey, lane=lane)
+    return batch
+
+
+def test_lane_scheduler_gives_each_waiting_lane_its_share_and_an_idle_lane_gives_its_share_away():
+    sched = LaneScheduler((70, 20, 10))
+    picks = Counter()
+    for _ in range(1000):
+        lane = sched.pick([HIGH, NORMAL, LOW])
+        sched.charge(lane, 10)
+        picks[lane] += 1
+    assert picks[HIGH] == pytest.approx(700, abs=15) and picks[NORMAL] == pytest.approx(200, abs=15)
+    assert picks[LOW] == pytest.approx(100, abs=15)
+    assert all(sched.pick([LOW]) == LOW for _ in range(3))  # alone, a lane takes every turn
+
+
+def test_high_goes_before_low_while_the_destination_cannot_keep_up_and_low_keeps_its_share():
+    """A destination that takes one batch of 10 per 100 ms; 500 low-priority records queued, then
+    100 high: the high records go within a few batches, and low is not stopped meanwhile."""
+    async def go():
+        sink = ScriptedSink(latency=0.1)
+        d = make(sink, concurrency=1, adaptive_concurrency=False)
+        await d.start()
+        low = asyncio.ensure_future(d.submit(lane_recs(LOW, *[f"low{i}" for i in range(500)])))
+        await asyncio.sleep(1.0)  # 10 low batches out
+        high = asyncio.ensure_future(d.submit(lane_recs(HIGH, *[f"high{i}" for i in range(100)])))
+        await asyncio.gather(low, high)
+        st = d.snapshot()
+        await d.close()
+        return sink, st
+
+    sink, st = run_simulated(go())
+    lanes = ["high" if c[0].startswith("high") else "low" for c in sink.calls]
+    first_high = lanes.index("high")
+    last_high = len(lanes) - 1 - lanes[::-1].index("high")
+    window = lanes[first_high:last_high + 1]
+    assert len(window) <= 13, f"100 high records took {len(window)} batches to go: {window}"
+    assert window.count("low") >= 1, "low kept a share while high went"
+    assert sorted(k for c in sink.calls for k in c) == sorted([f"low{i}" for i in range(500)] +
+                                                               [f"high{i}" for i in range(100)])
+    assert st.lane_delivered == {"low": 500, "high": 100}
+
+
+def test_low_is_parked_first_when_the_buffer_fills_and_high_still_queues():
+    """Buffer of 100: stock updates (low, ordered per sku) fill it, then orders (high) arrive, then more
+    stock updates. The orders queue and go first; the later stock updates are parked, behind the
+    queued ones of their sku, and replayed in order."""
+    async def go():
+        sink = ScriptedSink(latency=0.1)
+        d = make(sink, parking=True, concurrency=1, adaptive_concurrency=False,
+                 buffer={"max_records": 100, "max_wait": 60})
+        await d.start()
+        tasks = []
+
+        async def hand_over(records):  # as the sink actor does: each once the one before has its place
+            admitted = asyncio.get_running_loop().create_future()
+            tasks.append(asyncio.ensure_future(d.submit(records, 0, admitted)))
+            await asyncio.wait([admitted, tasks[-1]], return_when=asyncio.FIRST_COMPLETED)
+
+        def low(n):
+            return lane_recs(LOW, *[f"low{i}" for i in range(n * 50, n * 50 + 50)], skus=10)
+
+        await hand_over(low(0))
+        await hand_over(low(1))  # the buffer is full now
+        sent_before_high = len(sink.calls)
+        await hand_over(lane_recs(HIGH, *[f"high{i}" for i in range(50)]))
+        for n in range(2, 6):
+            await hand_over(low(n))
+        results = await asyncio.gather(*tasks)
+        while d.park.backlog:  # the parked low records are replayed
+            await asyncio.sleep(0.5)
+        st = d.snapshot()
+        await d.close()
+        return sink, d, results[2], sent_before_high, st
+
+    sink, d, high, sent_before_high, st = run_simulated(go())
+    last_high = max(n for n, call in enumerate(sink.calls) if call[0].startswith("high"))
+    sent_when_high_done = last_high + 1 - sent_before_high
+    assert high.parked == 0 and high.delivered == 50, "high records queue though low filled the buffer"
+    assert st.lane_parked.get("low", 0) >= 150 and "high" not in st.lane_parked
+    assert sent_when_high_done <= 5 + 2, f"the 50 high records took {sent_when_high_done} batches to go"
+    delivered = Counter(sink.delivered)
+    assert set(delivered) == {f"low{i}" for i in range(300)} | {f"high{i}" for i in range(50)}
+    assert max(delivered.values()) == 1
+    for sku in range(10):  # each stock-keeping unit's updates in order, through the park
+        lows = [int(k[3:]) for k in sink.delivered if k.startswith("low") and int(k[3:]) % 10 == sku]
+        assert lows == sorted(lows), f"sku {sku} out of order: {lows}"

@@ -92,6 +92,7 @@ class StatsCollector:
             g.add_metric([name], _BREAKER.get(d.breaker_state, 0))
         yield g
         yield from _overview(st)
+        yield from _lanes(st)
         m = CounterMetricFamily("router_route_records", "records each route sent to a destination (duplicates included)",
                                 labels=["source", "route", "destination"])
         for name, s in st.sources.items():
@@ -106,6 +107,26 @@ def _histogram(name: str, doc: str, labels: list[str], series: list[tuple[list[s
     for values, h in series:
         m.add_metric(values, h.cumulative(), h.sum)
     return m
+
+
+def _lanes(st: RouterStats) -> Iterator[Metric]:
+    """Per priority lane: what waits, what got through, what was parked, and how long it took."""
+    m = CounterMetricFamily("router_lane_records", "records per destination and priority lane by outcome "
+                            "(delivered, parked)", labels=["destination", "lane", "outcome"])
+    for name, d in st.destinations.items():
+        for outcome, counts in (("delivered", d.lane_delivered), ("parked", d.lane_parked)):
+            for lane, n in counts.items():
+                m.add_metric([name, lane, outcome], n)
+    yield m
+    g = GaugeMetricFamily("router_lane_queued", "records waiting for a batch, per priority lane",
+                          labels=["destination", "lane"])
+    for name, d in st.destinations.items():
+        for lane, n in d.lane_queued.items():
+            g.add_metric([name, lane], n)
+    yield g
+    yield _histogram("router_lane_latency_seconds", "end-to-end latency per destination and priority lane",
+                     ["destination", "lane"],
+                     [([name, lane], h) for name, d in st.destinations.items() for lane, h in d.lane_latency.items()])
 
 
 def _overview(st: RouterStats) -> Iterator[Metric]:
@@ -124,6 +145,16 @@ def _overview(st: RouterStats) -> Iterator[Metric]:
         g = GaugeMetricFamily(metric, doc, labels=["source"])
         for name, v in getattr(st, field).items():
             g.add_metric([name], v)
+        yield g
+    for field, metric, doc in (
+            ("partition_pending", "router_source_partition_consumer_pending",
+             "per partition of a partitioned source: messages its consumer has not delivered yet (lag)"),
+            ("partition_ack_pending", "router_source_partition_consumer_ack_pending",
+             "per partition of a partitioned source: delivered to the router, not acked yet")):
+        g = GaugeMetricFamily(metric, doc, labels=["source", "partition"])
+        for name, values in getattr(st, field).items():
+            for k, v in enumerate(values):
+                g.add_metric([name, str(k)], v)
         yield g
     slos = [(w, dest, h, d.workflow_within.get(w, 0)) for dest, d in st.destinations.items()
             for w, h in d.workflow_latency.items()]
@@ -152,7 +183,8 @@ def exported_metric_names() -> set[str]:
     from router.actors.ingest import IngestStats
 
     st = RouterStats({"s": IngestStats(routed={"r/d": 0})}, {"d": DestinationStats(workflow_latency={"w": Histogram()})},
-                     consumer_pending={"s": 0}, consumer_ack_pending={"s": 0})
+                     consumer_pending={"s": 0}, consumer_ack_pending={"s": 0},
+                     partition_pending={"s": [0]}, partition_ack_pending={"s": [0]})
     collector = StatsCollector()
     collector.latest = st
     names = set()

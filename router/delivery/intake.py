@@ -2,8 +2,9 @@
 
 A record is new for a shard when its key is neither in the dedup index (delivered inside the
 window) nor on its way already (``in_flight``): a concurrent duplicate waits for the delivery
-in hand instead of going out twice. New records join the queue in arrival order; the shard's
-flush loop cuts batches of at most ``batch.max_records`` / ``max_bytes`` from its head.
+in hand instead of going out twice. New records join the queue of their priority lane in arrival order; the shard's
+flush loop cuts batches of at most ``batch.max_records`` / ``max_bytes`` from the head of the lane
+whose turn it is (``lanes.py``). A batch holds records of one lane.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Callable
 
 from router.config import BatchConfig
 from router.delivery.dedup_index import DedupIndex, key_hash
+from router.delivery.lanes import LANES, NORMAL, LaneScheduler
 
 __all__ = ["Admission", "Completion", "Intake", "PendingRecord"]
 
@@ -36,14 +38,21 @@ class Completion:
 
 
 class PendingRecord:
-    __slots__ = ("h", "key", "payload", "origin", "revision", "okey", "group", "queued_at", "outcome")
+    __slots__ = ("h", "key", "payload", "origin", "revision", "okey", "lane", "group", "queued_at", "outcome")
 
     def __init__(self, h: int, key: str, payload: bytes, origin: str, revision: int, group: Completion,
-                 queued_at: float, okey: int = 0) -> None:
+                 queued_at: float, okey: int = 0, lane: int = NORMAL) -> None:
         self.h, self.key, self.payload, self.origin, self.revision = h, key, payload, origin, revision
         self.okey = okey  # ordering key hash: 0 none
+        self.lane = lane
         self.group, self.queued_at = group, queued_at
         self.outcome: Any = None  # DELIVERED, DEAD_LETTERED, PARKED or the exception that stopped it
+
+
+# (hash, key, payload, origin, ordering key, lane) of a record admitted as new
+Fresh = tuple[int, str, bytes, str, int, int]
+
+ALL_LANES = frozenset(range(len(LANES)))
 
 
 class Admission:
@@ -52,31 +61,35 @@ class Admission:
     __slots__ = ("fresh", "duplicates", "waits_on")
 
     def __init__(self) -> None:
-        self.fresh: list[tuple[int, str, bytes, str, int]] = []  # (hash, key, payload, origin, ordering key)
+        self.fresh: list[Fresh] = []
         self.duplicates = 0
         self.waits_on: set[Completion] = set()  # deliveries in hand that stand for some of these records
 
 
 class Intake:
-    def __init__(self, index: DedupIndex, batch: BatchConfig) -> None:
+    def __init__(self, index: DedupIndex, batch: BatchConfig,
+                 shares: tuple[float, float, float] = (70, 20, 10)) -> None:
         self.index = index
         self.batch = batch
         self.in_flight: dict[int, Completion] = {}  # key hash -> the group delivering it
-        self.queue: list[PendingRecord] = []
+        self.lanes: list[list[PendingRecord]] = [[] for _ in LANES]  # each in arrival order
+        self.queued = 0
         self.queue_bytes = 0
+        self.scheduler = LaneScheduler(shares)
         self.wakeup = asyncio.Event()
         # Ordering keys with a batch on its way: their later records wait, so a sequence is never
         # sent by two requests at once (the later could overtake the earlier, or its retries).
         self.busy: set[int] = set()
         self.released = asyncio.Event()  # set whenever a batch gives its ordering keys back
+        self.turned = asyncio.Event()  # set whenever a lane's batch is taken: another lane's turn may be next
 
     def admit(self, records: Any) -> Admission:
         """``records``: a ``RecordBatch``."""
         out = Admission()
         seen: set[int] = set()
         contains, in_flight, fresh = self.index.contains, self.in_flight, out.fresh
-        for key, payload, origin, okey in zip(records.keys, records.payloads, records.origins,
-                                              records.order_key_column()):
+        for key, payload, origin, okey, lane in zip(records.keys, records.payloads, records.origins,
+                                                    records.order_key_column(), records.lane_column()):
             h = key_hash(key)
             if h in seen or contains(h):
                 out.duplicates += 1
@@ -87,18 +100,19 @@ class Intake:
                 out.duplicates += 1
                 continue
             seen.add(h)
-            fresh.append((h, key, payload, origin, okey))
+            fresh.append((h, key, payload, origin, okey, lane))
         return out
 
-    def enqueue(self, fresh: list[tuple[int, str, bytes, str, int]], revision: int, group: Completion,
-                now: float) -> list[PendingRecord]:
+    def enqueue(self, fresh: list[Fresh], revision: int, group: Completion, now: float) -> list[PendingRecord]:
         items = []
-        for h, key, payload, origin, okey in fresh:
-            item = PendingRecord(h, key, payload, origin, revision, group, now, okey)
+        lanes, in_flight = self.lanes, self.in_flight
+        for h, key, payload, origin, okey, lane in fresh:
+            item = PendingRecord(h, key, payload, origin, revision, group, now, okey, lane)
             items.append(item)
-            self.in_flight[h] = group
+            lanes[lane].append(item)
+            in_flight[h] = group
             self.queue_bytes += len(payload)
-        self.queue.extend(items)
+        self.queued += len(items)
         self.wakeup.set()
         return items
 
@@ -119,37 +133,73 @@ class Intake:
 
     # -- the queue --------------------------------------------------------------------------------
 
-    def is_full(self) -> bool:
-        return len(self.queue) >= self.batch.max_records or self.queue_bytes >= self.batch.max_bytes
+    def queued_in(self, lanes: Any) -> int:
+        return sum(len(self.lanes[lane]) for lane in lanes)
 
-    def take_batch(self) -> list[PendingRecord]:
-        """The next batch from the head of the queue: at most ``max_records`` and ``max_bytes``
-        (a single record larger than ``max_bytes`` still goes, alone), all routed by one revision
-        of the route table (the batch carries it to the destination)."""
+    def waiting_lanes(self, exclude: frozenset[int] = frozenset()) -> list[int]:
+        return [lane for lane, q in enumerate(self.lanes) if q and lane not in exclude]
+
+    def oldest(self, lanes: list[int]) -> float:
+        """When the longest-waiting record of these lanes was queued."""
+        return min(self.lanes[lane][0].queued_at for lane in lanes)
+
+    def is_full(self) -> bool:
+        return self.queued >= self.batch.max_records or self.queue_bytes >= self.batch.max_bytes
+
+    def take_batch(self, exclude: frozenset[int] = frozenset()) -> list[PendingRecord]:
+        """The next batch, from the lane whose turn it is (lanes in ``exclude`` wait): at most
+        ``max_records`` and ``max_bytes`` from the head of its queue (a single record larger than
+        ``max_bytes`` still goes, alone), all routed by one revision of the route table (the batch
+        carries it to the destination). Empty when every waiting record waits for its sequence."""
+        waiting = self.waiting_lanes(exclude)
+        while waiting:
+            lane = self.scheduler.pick(waiting)
+            assert lane is not None
+            batch = self._take_from(lane)
+            if batch:
+                self.scheduler.charge(lane, len(batch))
+                self.turned.set()
+                return batch
+            waiting.remove(lane)  # every record of it waits for its sequence's batch on its way
+        return []
+
+    def my_turn(self, lane: int, n: int) -> bool:
+        """Whether ``n`` records of ``lane`` from elsewhere (the park) may go now rather than leave the
+        turn to a queued lane; charged to the lane when they may."""
+        waiting = self.waiting_lanes()
+        if lane not in waiting:
+            waiting.append(lane)
+        if self.scheduler.pick(waiting) != lane:
+            return False
+        self.scheduler.charge(lane, n)
+        return True
+
+    def _take_from(self, lane: int) -> list[PendingRecord]:
+        queue = self.lanes[lane]
         max_records, max_bytes = self.batch.max_records, self.batch.max_bytes
-        n, size = 0, 0
-        revision = self.queue[0].revision if self.queue else 0
         busy = self.busy
-        if busy and any(i.okey in busy for i in self.queue):
-            return self._take_around_busy(max_records, max_bytes)
-        for item in self.queue:
+        if busy and any(i.okey in busy for i in queue):
+            return self._take_around_busy(lane, max_records, max_bytes)
+        n, size = 0, 0
+        revision = queue[0].revision
+        for item in queue:
             if n and (n >= max_records or size + len(item.payload) > max_bytes or item.revision != revision):
                 break
             n += 1
             size += len(item.payload)
-        batch = self._take_first(n)
+        batch = self._take_first(lane, n)
         busy.update(i.okey for i in batch if i.okey)
         return batch
 
-    def _take_around_busy(self, max_records: int, max_bytes: int) -> list[PendingRecord]:
-        """A batch of the queued records whose ordering key has no batch on its way; the others stay
+    def _take_around_busy(self, lane: int, max_records: int, max_bytes: int) -> list[PendingRecord]:
+        """A batch of the lane's records whose ordering key has no batch on its way; the others stay
         queued, in their order, until it is done."""
         busy = self.busy
         taken: list[PendingRecord] = []
         kept: list[PendingRecord] = []
         size, revision = 0, None
         blocked: set[int] = set()  # keys with a record kept back in this pass: their later ones stay too
-        for item in self.queue:
+        for item in self.lanes[lane]:
             full = taken and (len(taken) >= max_records or size + len(item.payload) > max_bytes
                               or item.revision != revision)
             if full or (item.okey and (item.okey in busy or item.okey in blocked)):
@@ -161,7 +211,8 @@ class Intake:
                 revision = item.revision
             taken.append(item)
             size += len(item.payload)
-        self.queue = kept
+        self.lanes[lane] = kept
+        self.queued -= len(taken)
         self.queue_bytes -= size
         busy.update(i.okey for i in taken if i.okey)
         return taken
@@ -177,30 +228,39 @@ class Intake:
     def ahead_of(self, okeys: set[int]) -> bool:
         """Whether a record of one of these ordering keys is queued or on its way: records of those
         keys arriving now must not go to the park before it."""
-        return bool(okeys & self.busy) or any(i.okey in okeys for i in self.queue)
+        return bool(okeys & self.busy) or any(i.okey in okeys for q in self.lanes for i in q)
 
-    def take_parkable(self) -> list[PendingRecord]:
-        """Every queued record whose ordering key has no batch on its way (those wait for it)."""
-        if not self.busy:
-            return self.take_all()
-        return self.take_while_free(lambda i: True)
+    def take_parkable(self, lanes: frozenset[int] = ALL_LANES) -> list[PendingRecord]:
+        """Every queued record of these lanes up to the first whose ordering key has a batch on its
+        way (those wait for it)."""
+        return self.take_while_free(lambda i: True, lanes)
 
-    def take_while_free(self, pred: Callable[[PendingRecord], bool]) -> list[PendingRecord]:
-        """The prefix of the queue matching ``pred``, up to the first record whose ordering key is busy."""
+    def take_while_free(self, pred: Callable[[PendingRecord], bool],
+                        lanes: frozenset[int] = ALL_LANES) -> list[PendingRecord]:
+        """In each of these lanes, the prefix of its queue matching ``pred``, up to the first record
+        whose ordering key is busy."""
         busy = self.busy
-        return self.take_while(lambda i: pred(i) and not (i.okey and i.okey in busy))
+        return self.take_while(lambda i: pred(i) and not (i.okey and i.okey in busy), lanes)
 
-    def take_while(self, pred: Callable[[PendingRecord], bool]) -> list[PendingRecord]:
-        """The longest prefix of the queue whose records match ``pred``."""
-        n = 0
-        while n < len(self.queue) and pred(self.queue[n]):
-            n += 1
-        return self._take_first(n)
+    def take_while(self, pred: Callable[[PendingRecord], bool],
+                   lanes: frozenset[int] = ALL_LANES) -> list[PendingRecord]:
+        """In each of these lanes, the longest prefix of its queue whose records match ``pred``."""
+        taken: list[PendingRecord] = []
+        for lane in sorted(lanes):
+            queue = self.lanes[lane]
+            n = 0
+            while n < len(queue) and pred(queue[n]):
+                n += 1
+            if n:
+                taken += self._take_first(lane, n)
+        return taken
 
     def take_all(self) -> list[PendingRecord]:
-        return self._take_first(len(self.queue))
+        return self.take_while(lambda i: True)
 
-    def _take_first(self, n: int) -> list[PendingRecord]:
-        taken, self.queue = self.queue[:n], self.queue[n:]
+    def _take_first(self, lane: int, n: int) -> list[PendingRecord]:
+        queue = self.lanes[lane]
+        taken, self.lanes[lane] = queue[:n], queue[n:]
+        self.queued -= n
         self.queue_bytes -= sum(len(i.payload) for i in taken)
         return taken

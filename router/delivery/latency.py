@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable
 
 from router.delivery.intake import DELIVERED
+from router.delivery.lanes import LANES, NORMAL
 from router.delivery.stats import DestinationStats
 from router.histogram import LATENCY_BUCKETS, Histogram
 
@@ -46,9 +47,11 @@ class LatencyRecorder:
             pos = {k: i for i, k in enumerate(keys)}
             where = [pos[it.key] for it in items]
         workflow = records.workflow if len(records.workflow) == n else None
+        lanes = records.lanes if len(records.lanes) == n else None
         now = self._wall_ns()
         seconds: list[float] = []
         per_workflow: dict[int, list[float]] = {}
+        per_lane: dict[int, list[float]] = {}
         for it, i in zip(items, where):
             if it.outcome != DELIVERED or i >= len(published) or published[i] <= 0:
                 continue
@@ -56,7 +59,14 @@ class LatencyRecorder:
             seconds.append(s)
             if workflow is not None and workflow[i] >= 0:
                 per_workflow.setdefault(workflow[i], []).append(s)
+            if lanes is not None:
+                per_lane.setdefault(lanes[i], []).append(s)
         self.stats.latency.observe_many(seconds)
+        for lane, values in (per_lane.items() if lanes is not None else ((NORMAL, seconds),)):
+            hist = self.stats.lane_latency.get(LANES[lane])
+            if hist is None:
+                hist = self.stats.lane_latency[LANES[lane]] = Histogram(LATENCY_BUCKETS)
+            hist.observe_many(values)
         for w, values in per_workflow.items():
             name, within = records.workflows[w]
             self._observe_workflow(name, within, values)

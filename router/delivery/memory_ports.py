@@ -116,13 +116,13 @@ class MemoryParking:
     async def fetch(self, n: int, timeout: float) -> list[ParkedRecord]:
         now = asyncio.get_running_loop().time()
         out = []
-        for seq, (key, payload, origin, revision, okey) in self._records.items():
+        for seq, (key, payload, origin, revision, okey, lane) in self._records.items():
             if len(out) >= n:
                 break
             if seq in self._out or self._not_before.get(seq, 0.0) > now:
                 continue
             self._out.add(seq)
-            out.append(ParkedRecord(key, payload, origin, revision, seq, okey, seq))
+            out.append(ParkedRecord(key, payload, origin, revision, seq, okey, seq, lane))
         if not out:
             await asyncio.sleep(timeout)  # a pull request that waits, as JetStream's does
         return out

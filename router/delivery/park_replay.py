@@ -1,10 +1,13 @@
 """Parking and replay: a shard's records wait durably while the destination cannot take them.
 
-A record is parked when the breaker is not closed, the buffer is full, it waited longer than
-``buffer.max_wait``, or its retries ran out. A parked record is final for the source (it was
-stored before the source is acked). From the first parked record on, every new record of the
-shard joins the park behind it, first in first out, until the replayer has drained it: that
-keeps the shard's records in order and the park bounded by what the destination missed.
+A record is parked when the breaker is not closed, the buffer is full for its lane, it waited
+longer than ``buffer.max_wait``, or its retries ran out. A parked record is final for the source
+(it was stored before the source is acked). From the first parked record of a priority lane on,
+every new record of that lane joins the park behind it, first in first out, until the replayer
+has drained it: that keeps the lane's records in order and the park bounded by what the
+destination missed. The buffer fills low first: a lane's records count against
+``buffer.max_records`` together with those of the lanes above it only, so when stock updates
+fill it, orders still queue (and go first), and the stock updates wait in the park.
 
 The replayer waits while the breaker is open, probes a half-open breaker with small reads,
 and once it is closed delivers the park in order through the shard (the same dedup, so a
@@ -19,6 +22,7 @@ from typing import Awaitable, Callable
 
 from router.config import BufferConfig
 from router.delivery.intake import DEAD_LETTERED, DELIVERED
+from router.delivery.lanes import LANES
 from router.delivery.ports import ParkedRecord, Parking, Record
 from router.policies.circuit_breaker import HALF_OPEN, OPEN, CircuitBreaker
 
@@ -36,7 +40,10 @@ class ParkAndReplay:
         self.parking = parking
         self.breaker = breaker
         self.buffer = buffer
-        self.backlog = 0  # records parked and not yet replayed: new records queue up behind them
+        self.backlog = 0  # records parked and not yet replayed
+        # The same per priority lane: new records of a lane with a backlog queue up behind it. After
+        # a restart the lanes of what is parked are not known: every lane waits until it is drained.
+        self.lane_backlog = [0] * len(LANES)
         self.parked = 0
         self._order = asyncio.Lock()  # parks are stored one after the other, in the order asked
         # Park sequence numbers of records with an ordering key that were sent back (NAKed) and
@@ -44,12 +51,20 @@ class ParkAndReplay:
         self._held_back: set[int] = set()
     async def open(self) -> None:
         self.backlog = await self.parking.open()
+        self.lane_backlog = [self.backlog] * len(LANES)
 
-    def reason_to_park(self, queued: int, incoming: int) -> str | None:
-        """Why records arriving now must go to the park rather than the queue, if they must."""
+    def lanes_behind(self) -> frozenset[int]:
+        """The lanes whose new records go to the park, behind their records parked earlier."""
+        if not self.breaker.allows_traffic():
+            return frozenset(range(len(LANES)))
+        return frozenset(lane for lane, n in enumerate(self.lane_backlog) if n > 0)
+
+    def reason_to_park(self, lane: int, queued: int, incoming: int) -> str | None:
+        """Why records of ``lane`` arriving now must go to the park rather than the queue, if they
+        must; ``queued`` and ``incoming`` count the records of this lane and the lanes above it."""
         if not self.breaker.allows_traffic():
             return f"circuit breaker {self.breaker.state}: {self.breaker.last_reason}"
-        if self.backlog > 0:
+        if self.lane_backlog[lane] > 0:
             return "behind records parked earlier"
         if queued + incoming > self.buffer.max_records:
             return f"buffer full ({self.buffer.max_records} records)"
@@ -60,6 +75,8 @@ class ParkAndReplay:
         async with self._order:
             await self.parking.park(records, reason)
         self.backlog += len(records)
+        for r in records:
+            self.lane_backlog[r[5]] += 1
         self.parked += len(records)
 
     async def replay_loop(self, read_size: Callable[[], int], max_batch: int,
@@ -91,8 +108,9 @@ class ParkAndReplay:
             if not records:
                 if probe:
                     self.breaker.release_probe()
-                if self.backlog and not self._held_back and self.parked == parked_before:
+                if (self.backlog or any(self.lane_backlog)) and not self._held_back and self.parked == parked_before:
                     self.backlog = 0  # drained: new records go straight to the destination again
+                    self.lane_backlog = [0] * len(LANES)
                     on_drained()
                 continue
             outcomes = await deliver(records, probe)
@@ -129,6 +147,7 @@ class ParkAndReplay:
                     self._held_back.discard(rec.seq)
                     await self.parking.ack(rec)
                     done += 1
+                    self.lane_backlog[rec.lane] = max(0, self.lane_backlog[rec.lane] - 1)
                 else:
                     if rec.okey:
                         self._held_back.add(rec.seq)

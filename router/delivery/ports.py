@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from router.delivery.lanes import NORMAL
 from router.sinks.outcome import Outcome
 
 __all__ = ["DeadLetters", "DedupJournal", "ParkedRecord", "Parking", "Record", "Sink"]
 
 # (idempotency key, encoded record, origin "<source>/<stream seq>", route table revision that routed it,
-#  ordering key hash or 0)
-Record = tuple[str, bytes, str, int, int]
+#  ordering key hash or 0, priority lane)
+Record = tuple[str, bytes, str, int, int, int]
 
 
 class Sink(Protocol):
@@ -40,12 +41,13 @@ class DedupJournal(Protocol):
 class ParkedRecord:
     """A record read back from the park; ``handle`` is the parking implementation's own token."""
 
-    __slots__ = ("key", "payload", "origin", "revision", "okey", "seq", "handle")
+    __slots__ = ("key", "payload", "origin", "revision", "okey", "seq", "handle", "lane")
 
     def __init__(self, key: str, payload: bytes, origin: str, revision: int = 0, handle: Any = None,
-                 okey: int = 0, seq: int = 0) -> None:
+                 okey: int = 0, seq: int = 0, lane: int = NORMAL) -> None:
         self.key, self.payload, self.origin, self.revision, self.handle = key, payload, origin, revision, handle
         self.okey = okey
+        self.lane = lane
         self.seq = seq  # its place in the park: records are parked in order, so in sequence order
 
 

@@ -5,7 +5,8 @@
 parked durably. Only if even parking fails (NATS unreachable), or parking is off and the
 retries ran out, does ``submit`` raise, and the ingest side NAKs those source messages.
 
-    submit -> Intake (dedup, queue) -> flush loop cuts batches -> SendPolicy (one attempt)
+    submit -> Intake (dedup, a queue per priority lane) -> flush loop cuts batches, lane by lane
+           -> SendPolicy (one attempt)
            -> journal + dedup index | split | dead letters | retry | ParkAndReplay
 
 A destination in trouble never holds its source for long: see ``park_replay.py``.
@@ -24,7 +25,9 @@ import msgspec
 
 from router.config import Destination
 from router.delivery.dedup_index import DedupIndex, key_hash
-from router.delivery.intake import DEAD_LETTERED, DELIVERED, PARKED, Completion, Intake, PendingRecord
+from router.delivery.intake import (ALL_LANES, DEAD_LETTERED, DELIVERED, PARKED, Completion, Fresh, Intake,
+                                    PendingRecord)
+from router.delivery.lanes import LANES
 from router.delivery.latency import LatencyRecorder
 from router.delivery.park_events import ParkEventLog
 from router.tracing import record_trace
@@ -83,7 +86,7 @@ class DestinationShard:
         self.index = index
         self._clock = clock
         self._rand = rand
-        self.intake = Intake(index, cfg.batch)
+        self.intake = Intake(index, cfg.batch, cfg.lanes.as_tuple())
         self.breaker = CircuitBreaker(cfg.circuit_breaker, clock, on_change=self._breaker_changed)
         self.concurrency = AdaptiveConcurrency(cfg.concurrency, adaptive=cfg.adaptive_concurrency, clock=clock)
         self.policy = SendPolicy(ports.sink, retry=RetryPolicy(cfg.retry, rand), breaker=self.breaker,
@@ -126,6 +129,7 @@ class DestinationShard:
         flight finish under the old ones; `pool_size` and `park` need new shards (the supervisor's job)."""
         old, self.cfg = self.cfg, cfg
         self.intake.batch = cfg.batch
+        self.intake.scheduler.shares = cfg.lanes.as_tuple()
         self.breaker.cfg = cfg.circuit_breaker
         await self.concurrency.reconfigure(cfg.concurrency, cfg.adaptive_concurrency)
         self.policy.retry = RetryPolicy(cfg.retry, self._rand)
@@ -140,7 +144,8 @@ class DestinationShard:
 
     def snapshot(self) -> DestinationStats:
         s = self.stats
-        s.queued, s.in_flight_keys, s.known_keys = len(self.intake.queue), len(self.intake.in_flight), len(self.index)
+        s.queued, s.in_flight_keys, s.known_keys = self.intake.queued, len(self.intake.in_flight), len(self.index)
+        s.lane_queued = {LANES[lane]: len(q) for lane, q in enumerate(self.intake.lanes) if q}
         s.park_backlog = self.park.backlog if self.park else 0
         s.parked = self.park.parked if self.park else 0
         s.requests, s.concurrency_limit = self.policy.requests, self.concurrency.current
@@ -159,16 +164,17 @@ class DestinationShard:
         self.stats.duplicates += adm.duplicates
         items: list[PendingRecord] = []
         parked_now = 0
-        reason = self.park.reason_to_park(len(self.intake.queue), len(adm.fresh)) if self.park else None
-        if reason is not None and adm.fresh and (self.intake.busy or self.intake.queue):
-            await self._wait_until_behind(adm.fresh)
-        if reason is not None and adm.fresh:
-            await self.park.park([(k, p, o, revision, ok) for _, k, p, o, ok in adm.fresh], reason)
-            parked_now = len(adm.fresh)
-            _set(admitted)
-        elif adm.fresh:
-            group = Completion(len(adm.fresh), asyncio.get_running_loop().create_future())
-            items = self.intake.enqueue(adm.fresh, revision, group, self._clock())
+        to_queue, to_park = self._place(adm.fresh)
+        for reason, fresh in to_park:
+            assert self.park is not None
+            if self.intake.busy or self.intake.queued:
+                await self._wait_until_behind(fresh)
+            await self.park.park([(k, p, o, revision, ok, lane) for _, k, p, o, ok, lane in fresh], reason)
+            self._count_lanes(self.stats.lane_parked, (f[5] for f in fresh))
+            parked_now += len(fresh)
+        if to_queue:
+            group = Completion(len(to_queue), asyncio.get_running_loop().create_future())
+            items = self.intake.enqueue(to_queue, revision, group, self._clock())
             _set(admitted)
             await group.future
         _set(admitted)
@@ -182,29 +188,69 @@ class DestinationShard:
         return SubmitResult(delivered=outcomes.count(DELIVERED), duplicates=adm.duplicates,
                             dead_lettered=outcomes.count(DEAD_LETTERED), parked=outcomes.count(PARKED) + parked_now)
 
+    def _place(self, fresh: list[Fresh]) -> tuple[list[Fresh], list[tuple[str, list[Fresh]]]]:
+        """Which new records join the queue and which go straight to the park (with the reason): a
+        lane parks while the breaker is open, while it has records parked earlier, or when it and
+        the lanes above it would hold more than ``buffer.max_records``; so low is parked first."""
+        if self.park is None or not fresh:
+            return fresh, []
+        incoming = [0] * len(LANES)
+        for f in fresh:
+            incoming[f[5]] += 1
+        reasons: list[str | None] = []
+        above = queued = 0
+        for lane in range(len(LANES)):
+            above += incoming[lane]
+            queued += len(self.intake.lanes[lane])
+            reasons.append(self.park.reason_to_park(lane, queued, above) if incoming[lane] else None)
+        if not any(reasons):
+            return fresh, []
+        to_park: dict[str, list[Fresh]] = {}
+        to_queue = []
+        for f in fresh:
+            reason = reasons[f[5]]
+            if reason is None:
+                to_queue.append(f)
+            else:
+                to_park.setdefault(reason, []).append(f)
+        return to_queue, list(to_park.items())
+
+    @staticmethod
+    def _count_lanes(into: dict[str, int], lanes: Any) -> None:
+        for lane in lanes:
+            name = LANES[lane]
+            into[name] = into.get(name, 0) + 1
+
     # -- batching ---------------------------------------------------------------------------------
 
+    def _lanes_to_park(self) -> frozenset[int]:
+        """Lanes whose queued records go to the park, not the destination: all while the breaker is
+        open, else those with records parked earlier (they go behind them)."""
+        return self.park.lanes_behind() if self.park is not None else frozenset()
+
     async def _flush_loop(self) -> None:
-        intake, linger = self.intake, self.cfg.batch.linger
+        intake = self.intake
         while True:
-            if not intake.queue:
+            if not intake.queued:
                 if self._closing:
                     return
                 intake.wakeup.clear()
                 await intake.wakeup.wait()
                 continue
-            if self.park is not None and (not self.breaker.allows_traffic() or self.park.backlog):
-                # The destination is away, or records are parked: what is queued goes behind them.
-                parkable = intake.take_parkable()
+            behind = self._lanes_to_park()
+            if behind and intake.queued_in(behind):
+                parkable = intake.take_parkable(behind)
                 if parkable:
                     reason = (f"circuit breaker {self.breaker.state}: {self.breaker.last_reason}"
                               if not self.breaker.allows_traffic() else "behind records parked earlier")
                     await self._park_items(parkable, reason)
-                else:  # only records waiting for their sequence's batch on its way: wait for it
-                    intake.wakeup.clear()
-                    await intake.wakeup.wait()
+                    continue
+            lanes = intake.waiting_lanes(behind)
+            if not lanes:  # only records waiting for their sequence's batch on its way: wait for it
+                intake.wakeup.clear()
+                await intake.wakeup.wait()
                 continue
-            wait = intake.queue[0].queued_at + linger - self._clock()
+            wait = intake.oldest(lanes) + self.cfg.batch.linger - self._clock()
             if not intake.is_full() and wait > 0 and not self._closing:
                 intake.wakeup.clear()
                 try:
@@ -213,10 +259,10 @@ class DestinationShard:
                     pass
                 continue
             await self.concurrency.acquire()
-            batch = intake.take_batch()
+            batch = intake.take_batch(self._lanes_to_park())  # (the park may have changed while we waited)
             if not batch:
                 await self.concurrency.release()
-                if intake.queue:  # every queued record waits for its sequence's batch on its way
+                if intake.waiting_lanes(self._lanes_to_park()):  # every one waits for its sequence's batch on its way
                     intake.wakeup.clear()
                     await intake.wakeup.wait()
                 continue  # (or they were parked while we waited for a slot)
@@ -245,13 +291,14 @@ class DestinationShard:
         """Move queued or failing records to the park and settle them as parked (or failed, if that fails)."""
         assert self.park is not None
         try:
-            await self.park.park([(i.key, i.payload, i.origin, i.revision, i.okey) for i in items], reason)
+            await self.park.park([(i.key, i.payload, i.origin, i.revision, i.okey, i.lane) for i in items], reason)
         except Exception as exc:
             self.intake.settle(items, RetriesExhausted(f"could not park: {exc}"))
         else:
+            self._count_lanes(self.stats.lane_parked, (i.lane for i in items))
             self.intake.settle(items, PARKED)
 
-    async def _wait_until_behind(self, fresh: list[tuple[int, str, bytes, str, int]]) -> None:
+    async def _wait_until_behind(self, fresh: list[Fresh]) -> None:
         """Before parking records that carry an ordering key, let the earlier records of that key that
         are queued or on their way reach the destination or the park first."""
         okeys = {f[4] for f in fresh if f[4]}
@@ -290,7 +337,7 @@ class DestinationShard:
             if other is not None:
                 waits.append((h, other))  # another delivery has it in hand
                 continue
-            item = PendingRecord(h, rec.key, rec.payload, rec.origin, rec.revision, group, now, rec.okey)
+            item = PendingRecord(h, rec.key, rec.payload, rec.origin, rec.revision, group, now, rec.okey, rec.lane)
             items.append(item)
             waits.append((h, item))
         group.remaining = len(items)
@@ -304,6 +351,7 @@ class DestinationShard:
                 # (NAKed) and comes back after it, in order.
                 intake.settle(items[i:], RetriesExhausted("behind a parked record that was not delivered"))
                 break
+            await self._wait_for_turn(items[i:i + step])
             await self.concurrency.acquire()
             if ordered:  # one batch after the other: a sequence split over two batches keeps its order
                 await self._deliver(items[i:i + step], from_park=True)
@@ -323,6 +371,17 @@ class DestinationShard:
                 outcome = DELIVERED if self.index.contains(h) else None
             outcomes.append(outcome)
         return outcomes
+
+    async def _wait_for_turn(self, chunk: list[PendingRecord]) -> None:
+        """Parked records take their lane's turn against the queued lanes: a low-priority backlog in
+        the park gets its share, and no more, while orders queue."""
+        lane = max(i.lane for i in chunk)
+        while not self._closing and not self.intake.my_turn(lane, len(chunk)):
+            self.intake.turned.clear()
+            try:
+                await asyncio.wait_for(self.intake.turned.wait(), 0.05)
+            except asyncio.TimeoutError:
+                pass
 
     # -- sending ----------------------------------------------------------------------------------
 
@@ -397,6 +456,7 @@ class DestinationShard:
                     self.held.difference_update(i.okey for i in batch)
                 self.index.add_many(hashes)
                 self.stats.delivered += len(batch)
+                self._count_lanes(self.stats.lane_delivered, (i.lane for i in batch))
                 self.intake.settle(batch, DELIVERED)
                 return
             if step == SPLIT:  # find the records at fault; the others still get through

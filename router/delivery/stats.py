@@ -43,3 +43,8 @@ class DestinationStats(msgspec.Struct):
     # latency, and how many of those records made it within the SLO.
     workflow_latency: dict[str, Histogram] = msgspec.field(default_factory=dict)
     workflow_within: dict[str, int] = msgspec.field(default_factory=dict)
+    # Per priority lane (`high`, `normal`, `low`): records queued now, delivered, parked, and their latency.
+    lane_queued: dict[str, int] = msgspec.field(default_factory=dict)
+    lane_delivered: dict[str, int] = msgspec.field(default_factory=dict)
+    lane_parked: dict[str, int] = msgspec.field(default_factory=dict)
+    lane_latency: dict[str, Histogram] = msgspec.field(default_factory=dict)

@@ -86,7 +86,12 @@ class IngestPlanner:
                 continue
             origin = f"{source}/{seqs[i]}"
             try:
-                encoded = [(t.destination, t.encoder.encode(ev)) for t in routed]
+                first = routed[0].encoder
+                if all(t.encoder is first for t in routed):  # the usual fan-out: one encoding for all
+                    payload = first.encode(ev)
+                    encoded = [(t.destination, payload) for t in routed]
+                else:
+                    encoded = [(t.destination, t.encoder.encode(ev)) for t in routed]
             except Exception:
                 out.rejected.append((i, _encoder_failure(ev, routed)))
                 continue
@@ -100,7 +105,7 @@ class IngestPlanner:
                 # An ordering key picks the shard, so one shard sees each sequence whole, in order.
                 okey = ordering_hash(ev, t.ordering) if t.ordering else 0
                 records, idx = out.work[(dest, shard_of(ev.idempotency_key, pools[dest], okey))]
-                records.append(ev.idempotency_key, payload, origin, at, okey)
+                records.append(ev.idempotency_key, payload, origin, at, okey, t.lane)
                 idx.append(i)
                 if workflows is not None:
                     records.workflow.append(workflows.index(ev.type, dest))
@@ -125,9 +130,10 @@ class IngestPlanner:
                 out.routed[k] += n
             for shard_key, (records, _) in one.work.items():
                 into, idx = out.work[shard_key]
-                for n, (key, payload, origin, okey) in enumerate(zip(records.keys, records.payloads,
-                                                                     records.origins, records.order_key_column())):
-                    into.append(key, payload, origin, records.published[n], okey)
+                for n, (key, payload, origin, okey, lane) in enumerate(zip(
+                        records.keys, records.payloads, records.origins, records.order_key_column(),
+                        records.lane_column())):
+                    into.append(key, payload, origin, records.published[n], okey, lane)
                     idx.append(i)
                 into.workflow.extend(records.workflow)
                 into.workflows = records.workflows

@@ -2,7 +2,8 @@
 
 A route matches on NATS subject wildcards, event types (``order.*``) and field predicates. An
 event may match several routes; it goes to the union of their destinations, once each. When two
-routes send it to the same destination, the first route (file order) decides the encoder.
+routes send it to the same destination, the first route (file order) decides the encoder, the
+ordering key and the priority.
 Matching on (subject, type) is cached; only predicates are evaluated per event.
 """
 
@@ -15,6 +16,7 @@ import msgspec
 from router.codecs import Encoder, Event, get_encoder
 from router.config import Predicate, Route
 from router.delivery.dedup_index import key_hash
+from router.delivery.lanes import NORMAL, lane_index
 
 __all__ = ["RouteTable", "RouteTarget", "ordering_hash", "wildcard_match"]
 
@@ -87,6 +89,7 @@ class RouteTarget(NamedTuple):
     encoder: Encoder
     route: str
     ordering: tuple[list[str], ...] = ()  # field paths of the route's ordering key, split at dots
+    lane: int = NORMAL  # the route's priority lane (router/delivery/lanes.py)
 
 
 def ordering_hash(ev: Event, paths: tuple[list[str], ...]) -> int:
@@ -109,7 +112,8 @@ class _CompiledRoute:
         self.predicates = [_CompiledPredicate(f, p) for f, p in route.match.where.items()]
         enc = get_encoder(route.encoder)
         ordering = tuple(p.split(".") for p in route.ordering_key)
-        self.targets = [RouteTarget(d, enc, route.name, ordering) for d in route.destinations]
+        lane = lane_index(route.priority)
+        self.targets = [RouteTarget(d, enc, route.name, ordering, lane) for d in route.destinations]
 
     def static_match(self, subject: str, type_: str) -> bool:
         m = self.route.match
