@@ -25,6 +25,7 @@ from router.jetstream.dead_letters import DeadLetterPublisher
 from router.ingest.plan import IngestPlanner
 from router.jetstream.connection import connect
 from router.jetstream.pull_consumer import PullConsumer, published_ns, stream_seq
+from router.jetstream.streams import rewind_to_ack_floor
 from router.ingest.routing import RouteTable
 from router.slo import WorkflowTagger, parse_slos
 
@@ -130,10 +131,10 @@ class IngestActor:
         nc = await connect(self.cfg.nats, f"router-ingest-{src.name}-{self.index}")
         js = nc.jetstream()
         dlq = DeadLetterPublisher(js, self.cfg.dead_letter.stream, self.cfg.dead_letter.subject_prefix)
-        if self.partition is None:
-            consumer = self.consumer = PullConsumer(nc, src.stream, src.durable)
-        else:
-            consumer = self.consumer = PullConsumer(nc, src.stream, src.consumers[self.partition], partitioned=True)
+        durable = src.durable if self.partition is None else src.consumers[self.partition]
+        if any(r.ordering_key for r in self.cfg.route_list):  # then this actor is its consumer's one reader
+            await rewind_to_ack_floor(js, src.stream, durable)
+        consumer = self.consumer = PullConsumer(nc, src.stream, durable, partitioned=self.partition is not None)
         await consumer.start()
         window = asyncio.Semaphore(src.max_inflight_batches)
         tasks: set[asyncio.Task] = set()

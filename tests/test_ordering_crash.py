@@ -16,7 +16,6 @@ import time
 import aiohttp
 import nats
 import orjson
-import pytest
 import yaml
 
 from router.config import load_config
@@ -24,8 +23,8 @@ from router.control.demo import demo_config_dict
 from router.loadtest.retail_events import GeneratedEvent
 
 from .conftest import wait_until
-from .harness import (duplicates_of, emulator_stats, kill_process_tree, poll_until, publish_paced, received,
-                      set_faults, wait_complete)
+from .harness import (duplicates_of, emulator_stats, in_flight_bound, kill_process_tree, poll_until, publish_paced,
+                      received, set_faults, wait_complete)
 from .test_crash import crash_config
 from .test_ordering import ordered_config
 
@@ -59,7 +58,9 @@ def order_events(orders: int, seed: int) -> list[GeneratedEvent]:
 
 def _config(nats_url: str, emulator_url: str) -> dict:
     raw = demo_config_dict(nats_url, emulator_url)
-    crash_config(raw)  # short ack_wait: what was unacked at the kill comes back within seconds
+    crash_config(raw)
+    for src in raw["sources"]:  # the default ack_wait, longer than the restart: what was unacked at the
+        src["ack_wait"] = "30s"  # kill must come back before later messages all the same
     ordered_config(raw)  # ordering_key [data.order_id]; erp: pool 4, concurrency 8, batches of 20
     return raw
 
@@ -85,12 +86,6 @@ def _out_of_order(got: dict[str, int]) -> dict[str, list[str]]:
     return out
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "router defect: park records a replayer had fetched when the router was killed stay ack-pending on the "
-    "park consumer for its ack_wait (120 s, router/jetstream/parking.py open()); the restarted replayer "
-    "delivers the records parked after them first (its _held_back set is in memory only, "
-    "router/delivery/park_replay.py) and then sends new records straight on, so those records arrive about "
-    "2 minutes later, after later events of their orders"))
 def test_each_orders_events_in_order_once_through_503s_an_outage_and_a_kill_9(clean, nats_server, emulator, tmp_path):
     events = order_events(ORDERS, seed=14)
     assert len(events) == ORDERS * len(STEPS)
@@ -179,8 +174,10 @@ def test_each_orders_events_in_order_once_through_503s_an_outage_and_a_kill_9(cl
     assert figures["outage_end"] < len(before) < len(keys), "killed mid-stream, while the park was replayed"
     # The guarantee: all of them, each once, each order in order.
     assert set(got) == keys, f"lost {len(keys - set(got))}, e.g. {sorted(keys - set(got))[:5]}"
-    twice = {k: n for k, n in got.items() if n > 1}
-    assert not twice, f"{len(twice)} keys received more than once, e.g. {list(twice.items())[:5]}"
+    # Once each, but for the documented limit (README, Delivery guarantee): a kill between the ERP's
+    # 2xx and the dedup journal re-sends the requests in flight at that instant.
+    bound = in_flight_bound(cfg, "erp")
+    assert dups <= bound, f"{dups} records received twice, more than the {bound} in flight at the kill"
     assert not disorder, f"{len(disorder)} orders out of order, e.g. {list(disorder.items())[:3]}"
 
 
@@ -192,3 +189,42 @@ async def _get(url: str):
 
 async def _at_least(emulator_url: str, n: int) -> bool:
     return len(await received(emulator_url, "erp")) >= n
+
+
+def test_a_consumer_whose_one_reader_died_is_read_again_from_its_ack_floor(nats_server):
+    """What the ingest actor does on start when routes have ordering keys (it is then its consumer's
+    only reader): messages a killed reader had fetched and not acked come first, not after ack_wait."""
+    from nats.js import api
+
+    from router.jetstream.pull_consumer import PullConsumer, stream_seq
+    from router.jetstream.streams import rewind_to_ack_floor
+
+    async def scenario():
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        await js.add_stream(name="REWIND", subjects=["rewind.>"])
+        for i in range(1, 21):
+            await js.publish("rewind.x", str(i).encode())
+        await js.add_consumer("REWIND", api.ConsumerConfig(durable_name="r", ack_policy=api.AckPolicy.EXPLICIT,
+                                                           ack_wait=30, deliver_policy=api.DeliverPolicy.ALL))
+        dead = await nats.connect(nats_server.url)  # the reader that dies: it acks 1-5, holds 6-10
+        reader = PullConsumer(dead, "REWIND", "r")
+        await reader.start()
+        got = await reader.fetch(10, expires=1.0)
+        for m in got[:5]:
+            await reader.ack(m)
+        await dead.flush()
+        await dead.close()
+        out = await rewind_to_ack_floor(js, "REWIND", "r")
+        again = PullConsumer(nc, "REWIND", "r")
+        await again.start()
+        first = await again.fetch(5, expires=1.0)
+        seqs = [stream_seq(m.reply) for m in first]
+        await again.stop()
+        await js.delete_stream("REWIND")
+        await nc.close()
+        return out, seqs
+
+    out, seqs = asyncio.run(scenario())
+    assert out == 5, "five messages were out with the dead reader"
+    assert seqs == [6, 7, 8, 9, 10], f"the messages the dead reader held come first, got {seqs}"

@@ -87,11 +87,13 @@ class Intake:
         """``records``: a ``RecordBatch``."""
         out = Admission()
         seen: set[int] = set()
-        contains, in_flight, fresh = self.index.contains, self.in_flight, out.fresh
-        for key, payload, origin, okey, lane in zip(records.keys, records.payloads, records.origins,
-                                                    records.order_key_column(), records.lane_column()):
-            h = key_hash(key)
-            if h in seen or contains(h):
+        in_flight, fresh = self.in_flight, out.fresh
+        hashes = [key_hash(k) for k in records.keys]
+        known = self.index.contains_many(hashes).tolist()  # one vectorised lookup for the batch
+        for h, was_known, key, payload, origin, okey, lane in zip(
+                hashes, known, records.keys, records.payloads, records.origins, records.order_key_column(),
+                records.lane_column()):
+            if was_known or h in seen:
                 out.duplicates += 1
                 continue
             pending = in_flight.get(h)

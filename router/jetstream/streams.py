@@ -17,7 +17,7 @@ from router.config import Config, Source
 from router.jetstream.partitions import consumer_filter, describe, is_partition_transform, partition_transform
 from router.wire import journal_subjects
 
-__all__ = ["SetupError", "ensure_router_streams", "ensure_source", "dedup_subjects"]
+__all__ = ["SetupError", "dedup_subjects", "ensure_router_streams", "ensure_source", "rewind_to_ack_floor"]
 
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,26 @@ async def _ensure_consumer(js: JetStreamContext, src: Source, name: str, filters
         except nats.js.errors.APIError as exc:
             raise SetupError(f"source `{src.name}`: consumer {name} exists with incompatible settings: "
                              f"{exc.description}") from None
+
+
+async def rewind_to_ack_floor(js: JetStreamContext, stream: str, durable: str) -> int:
+    """For a consumer with one reader, started after its reader died: messages that reader had
+    fetched and not acked would come back only after ``ack_wait``, behind later messages, and a key's
+    events would be handled out of order. The consumer is created again from the first message not
+    acked in order (its ack floor), so they come first; messages acked above the floor come again and
+    the dedup state suppresses them. Returns how many were out (0: nothing done)."""
+    info = await js.consumer_info(stream, durable)
+    if not info.num_ack_pending:
+        return 0
+    floor = info.ack_floor.stream_seq if info.ack_floor else 0
+    config = info.config
+    config.deliver_policy, config.opt_start_seq = api.DeliverPolicy.BY_START_SEQUENCE, floor + 1
+    log.warning("consumer %s on %s: %d messages were out with a reader that stopped; reading again from "
+                "sequence %d so each key's events keep their order", durable, stream, info.num_ack_pending,
+                floor + 1)
+    await js.delete_consumer(stream, durable)
+    await js.add_consumer(stream, config)
+    return info.num_ack_pending
 
 
 async def _unpartitioned_left(js: JetStreamContext, src: Source) -> bool:
