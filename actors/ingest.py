@@ -250,6 +250,10 @@ class IngestActor:
     async def _settle(self, msgs: list[Any], failed: set[int]) -> None:
         delay, consumer = self.src.redelivery_delay, self.consumer
         try:
+            if not failed:  # the usual case: the whole batch at once
+                await consumer.ack_many(msgs)
+                self.stats_.acked += len(msgs)
+                return
             for i, m in enumerate(msgs):
                 if i in failed:
                     await consumer.nak(m, delay)

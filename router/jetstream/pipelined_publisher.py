@@ -16,6 +16,8 @@ import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from router.jetstream import frames
+
 __all__ = ["PipelinedPublisher", "PublishError"]
 
 
@@ -73,10 +75,8 @@ class PipelinedPublisher:
         reply = f"{self._inbox}.{next(self._ids)}"
         pending = self._pending[reply] = _Pending(len(payloads), asyncio.get_running_loop().create_future())
         subjects = itertools.repeat(subject) if isinstance(subject, str) else subject
-        publish = self._nc.publish
         try:
-            for subj, payload, hdrs in zip(subjects, payloads, headers):
-                await publish(subj, payload, reply=reply, headers=hdrs)
+            await frames.send(self._nc, subjects, reply, payloads, headers)  # one write for the batch
             await asyncio.wait_for(pending.future, timeout)
         finally:
             del self._pending[reply]

@@ -19,6 +19,8 @@ import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from router.jetstream import frames
+
 from router.jetstream.partitions import strip_partition
 
 __all__ = ["PullConsumer", "delivery_count", "stream_seq"]
@@ -109,6 +111,11 @@ class PullConsumer:
 
     async def ack(self, msg: Msg) -> None:
         await self._nc.publish(msg.reply, ACK)
+
+    async def ack_many(self, msgs: list[Msg]) -> None:
+        """Ack each message; one write for all of them."""
+        if msgs:
+            await frames.send(self._nc, [m.reply for m in msgs], "", [ACK] * len(msgs), [None] * len(msgs))
 
     async def nak(self, msg: Msg, delay: float) -> None:
         await self._nc.publish(msg.reply, NAK + b" " + orjson.dumps({"delay": int(delay * 1e9)}))
