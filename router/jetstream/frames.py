@@ -32,15 +32,15 @@ def header_block(headers: Mapping[str, str]) -> bytes:
 
 
 def publish_frames(subjects: Iterable[str], reply: str, payloads: Sequence[bytes],
-                   headers: Iterable[Mapping[str, str] | None], max_payload: int) -> bytes:
-    """PUB / HPUB frames for each (subject, payload, headers), all with ``reply`` ('' for none).
-    Raises ``MaxPayloadError`` before anything is sent if one is larger than the server takes (it
-    would close the connection)."""
+                   headers: Iterable[Mapping[str, str] | bytes | None], max_payload: int) -> bytes:
+    """PUB / HPUB frames for each (subject, payload, headers), all with ``reply`` ('' for none);
+    headers as a mapping or as a ``header_block`` already built. Raises ``MaxPayloadError`` before
+    anything is sent if one is larger than the server takes (it would close the connection)."""
     out = []
     tail = f" {reply} " if reply else " "
     for subject, payload, hdrs in zip(subjects, payloads, headers):
         if hdrs:
-            block = header_block(hdrs)
+            block = hdrs if isinstance(hdrs, bytes) else header_block(hdrs)
             size = len(block) + len(payload)
             out.append(f"HPUB {subject}{tail}{len(block)} {size}\r\n".encode())
             out.append(block)
@@ -65,10 +65,17 @@ async def write_frames(nc: Client, frames: bytes, count: int) -> None:
 
 
 async def send(nc: Client, subjects: Iterable[str], reply: str, payloads: Sequence[bytes],
-               headers: Sequence[Mapping[str, str] | None]) -> None:
+               headers: Sequence[Mapping[str, str] | bytes | None]) -> None:
     """Publish each message, framed at once when the client allows it."""
     if _FAST:
         await write_frames(nc, publish_frames(subjects, reply, payloads, headers, nc.max_payload), len(payloads))
         return
     for subject, payload, hdrs in zip(subjects, payloads, headers):
-        await nc.publish(subject, payload, reply=reply, headers=dict(hdrs) if hdrs else None)
+        await nc.publish(subject, payload, reply=reply, headers=_as_dict(hdrs) if hdrs else None)
+
+
+def _as_dict(hdrs: Mapping[str, str] | bytes) -> dict[str, str]:
+    if not isinstance(hdrs, bytes):
+        return dict(hdrs)
+    lines = hdrs.decode().split("\r\n")[1:]
+    return dict(line.split(": ", 1) for line in lines if line)

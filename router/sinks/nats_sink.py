@@ -42,6 +42,26 @@ def trace_headers(payload: bytes) -> dict[str, str]:
     return {CORRELATION_ID: rec.correlation_id}
 
 
+def record_headers(keys: list[str], payloads: list[bytes], revision: int) -> list[bytes]:
+    """Each record's header block: ``Nats-Msg-Id`` = its key (the stream drops re-sends), its trace
+    headers and the route table revision; built as bytes in one go (the hot path of NATS delivery).
+    Keys and traceparents have no control characters (the decoder's rule); correlation ids may."""
+    rev = f"{ROUTES_REVISION}: {revision}\r\n" if revision else ""
+    out = []
+    for k, p in zip(keys, payloads):
+        rec = record_trace(p)
+        trace = ""
+        if rec.correlation_id:
+            trace = f"{CORRELATION_ID}: {rec.correlation_id.translate(_NEWLINES)}\r\n"
+            if rec.traceparent:
+                trace += f"{TRACEPARENT}: {rec.traceparent}\r\n"
+        out.append(f"NATS/1.0\r\n{NATS_MSG_ID}: {k}\r\n{trace}{rev}\r\n".encode())
+    return out
+
+
+_NEWLINES = str.maketrans("", "", "\r\n")
+
+
 class NatsSink:
     def __init__(self, name: str, cfg: NatsDestination, nc: Client) -> None:
         self.name = name
@@ -64,9 +84,8 @@ class NatsSink:
         try:
             rev = {ROUTES_REVISION: str(revision)} if revision else {}
             if self.cfg.jetstream:
-                await self._publisher.publish(subject, payloads,
-                                              [{NATS_MSG_ID: k, **trace_headers(p), **rev}
-                                               for k, p in zip(keys, payloads)], self.cfg.timeout)
+                await self._publisher.publish(subject, payloads, record_headers(keys, payloads, revision),
+                                              self.cfg.timeout)
             else:
                 for p in payloads:
                     await self._nc.publish(subject, p, headers={IDEMPOTENCY_KEY: batch_id, **trace_headers(p), **rev})
