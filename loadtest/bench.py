@@ -8,6 +8,10 @@ On one embedded nats-server, with the same backlog for each path:
                  destinations, counted at the destinations: once to NATS streams, once to the
                  HTTP emulators with batching.
 Then end-to-end latency (p50 / p99) at half the router's rate, and a backlog drain for memory.
+Every phase also counts the CPU seconds each role spent per 1,000 source events (nats-server,
+ingest actors, sink actors, the HTTP emulators, the benchmark's own process, the rest of Ray), so
+where the time goes is a figure, and the emulators' share is not charged to the router. Last, the
+dedup index's memory per key held, filled with a million keys (more if the run has more events).
 Prints progress and the figures, and writes ``bench.json`` and ``bench.png``.
 """
 
@@ -25,12 +29,14 @@ from typing import Any, Callable
 
 import msgspec
 import nats
+import numpy as np
 import orjson
 import psutil
 from nats.js import api
 
 from router.codecs.envelope import Envelope
 from router.config import Config, parse_config
+from router.delivery.dedup_index import DedupIndex
 from router.jetstream.embedded_server import EmbeddedNats, nats_server_binary
 from router.jetstream.pull_consumer import PullConsumer
 from router.control.supervisor import Supervisor
@@ -83,6 +89,118 @@ class MemorySampler:
     def __exit__(self, *exc: object) -> None:
         if self._task:
             self._task.cancel()
+
+
+ROLES = {  # key in bench.json -> column in the printed table
+    "nats_server": "nats-server",
+    "ingest_actors": "ingest",
+    "sink_actors": "sinks",
+    "emulators": "emulators",
+    "bench_process": "bench",  # the publisher in the publishing phases, the consumer in (a) and (b), the driver
+    "ray_other": "ray other",  # raylet, GCS and idle workers
+}
+
+
+ACTORS = {"IngestActor": "ingest_actors", "DestinationWorker": "sink_actors"}  # class name in Ray's process title
+
+
+def process_role(p: psutil.Process, fixed: dict[int, str]) -> tuple[str, bool]:
+    """The process's role in the bench, and whether it is past start-up."""
+    if p.pid in fixed:
+        return fixed[p.pid], True
+    if p.pid == os.getpid():
+        return "bench_process", True
+    try:
+        cmdline = p.cmdline() or [""]
+    except psutil.Error:
+        cmdline = [""]
+    title = cmdline[0]
+    for cls, role in ACTORS.items():
+        if cls in title:
+            return role, "__init__" not in title
+    # A Ray worker still booting (its command line, not yet a title) or idle may yet become an actor.
+    return "ray_other", not (title.startswith("ray::IDLE") or any("default_worker.py" in a for a in cmdline))
+
+
+class CpuPhase:
+    """CPU seconds (user + system) of every process of the bench, by role, from now to ``end()``.
+
+    Ray's actor processes are told apart by the title Ray gives them (``ray::IngestActor.run``);
+    ``fixed`` names the roles of the processes the bench starts itself (nats-server, emulators).
+    An actor process that starts inside the phase spends its first second or so booting Ray and
+    importing the router; that CPU (up to the first time it is seen past ``__init__``) is counted
+    apart as start-up, so the per-event figures do not depend on the run's length.
+    """
+
+    def __init__(self, fixed: dict[int, str]) -> None:
+        self.fixed = fixed
+        self.start = self._read()
+        # Where each process's work starts counting: now, or for an actor not yet working, when it is.
+        self.base = {k: cpu for k, (_, working, cpu) in self.start.items() if working}
+        self._watch = asyncio.get_running_loop().create_task(self._watch_actors_start())
+
+    def _read(self, skip: Any = ()) -> dict[tuple[int, float], tuple[str, bool, float]]:
+        """(pid, start time) -> (role, working, CPU seconds so far); the start time tells a reused pid apart."""
+        me = psutil.Process()
+        out = {}
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                with p.oneshot():
+                    key = (p.pid, p.create_time())
+                    if key in skip:
+                        continue
+                    t = p.cpu_times()
+                    out[key] = (*process_role(p, self.fixed), t.user + t.system)
+            except psutil.Error:
+                continue
+        return out
+
+    async def _watch_actors_start(self) -> None:
+        t0 = time.monotonic()
+        while True:
+            await asyncio.sleep(0.1 if time.monotonic() - t0 < 10 else 0.5)  # actors start early in a phase
+            for key, (role, working, cpu) in (await asyncio.to_thread(self._read, set(self.base))).items():
+                if working:
+                    self.base[key] = cpu if role in ACTORS.values() else self.start.get(key, (0, 0, 0.0))[2]
+
+    def end(self) -> tuple[dict[str, float], dict[str, float]]:
+        """CPU seconds by role: (the work, the actors' start-up)."""
+        self._watch.cancel()
+        work, startup = dict.fromkeys(ROLES, 0.0), dict.fromkeys(ROLES, 0.0)
+        for key, (role, _, cpu) in self._read().items():
+            begin = self.start.get(key, (role, False, 0.0))[2]  # a process started since counts from 0
+            base = self.base.get(key, cpu if role in ACTORS.values() else begin)
+            work[role] += cpu - base
+            startup[role] += base - begin
+        return work, startup
+
+
+def _per_1000(cpu: dict[str, float], events: int) -> dict[str, float]:
+    per = {role: 1000 * cpu[role] / max(events, 1) for role in ROLES}
+    per["total"] = sum(per.values())
+    return per
+
+
+def dedup_memory(keys: int, window: float, batch: int = 500) -> dict[str, float]:
+    """A dedup index as a sink actor holds one: filled with ``keys`` random key hashes in delivered
+    batches over an hour; its bytes per key held and the batch lookup time per key."""
+    rng = np.random.default_rng(16)
+    clock = [time.time()]
+    idx = DedupIndex(window, max(keys, 1), clock=lambda: clock[0])
+    step = 3600 / (keys / batch)
+    t0 = time.process_time()
+    for _ in range(0, keys, batch):
+        idx.add_many(rng.integers(0, 2**64 - 1, batch, dtype=np.uint64, endpoint=True))
+        clock[0] += step
+    fill = time.process_time() - t0
+    probe = [rng.integers(0, 2**64 - 1, batch, dtype=np.uint64, endpoint=True).tolist() for _ in range(200)]
+    t0 = time.process_time()
+    for q in probe:
+        idx.contains_many(q)
+    lookup = (time.process_time() - t0) / (len(probe) * batch)
+    held = len(idx)
+    return {"keys_held": held, "bytes_per_key": idx.memory_bytes() / held, "memory_mib": idx.memory_bytes() / 2**20,
+            "add_us_per_key": 1e6 * fill / keys, "lookup_us_per_key": 1e6 * lookup}
 
 
 def _machine() -> dict[str, Any]:
@@ -172,11 +290,14 @@ async def _dest_counts_nats(js: Any, tag: str) -> int:
     return total
 
 
-async def _run_router(cfg: Config, n: int, count: Callable[[], Any], label: str,
-                      sampler: MemorySampler) -> tuple[float, Supervisor]:
+async def _run_router(cfg: Config, n: int, count: Callable[[], Any], label: str, sampler: MemorySampler,
+                      fixed: dict[int, str]) -> tuple[float, Supervisor, tuple[dict[str, float], dict[str, float]]]:
+    """Events/s from the router's start to the last record at the destinations, and the CPU
+    seconds by role over the same span."""
     sup = Supervisor(cfg)
     await sup.start()
     target = n * len(DESTS)
+    cpu = CpuPhase(fixed)
     t0 = time.monotonic()
     last = t0
     with sampler:
@@ -186,7 +307,7 @@ async def _run_router(cfg: Config, n: int, count: Callable[[], Any], label: str,
                 _say(f"  {label}: {done:,}/{target:,} records at the destinations")
             await asyncio.sleep(0.2)  # polling costs CPU the router would use
     elapsed = time.monotonic() - t0
-    return n / elapsed, sup
+    return n / elapsed, sup, cpu.end()
 
 
 async def _add_dest_streams(js: Any, tag: str) -> None:
@@ -194,8 +315,10 @@ async def _add_dest_streams(js: Any, tag: str) -> None:
         await js.add_stream(name=f"OUT{tag.upper()}_{d.upper()}", subjects=[f"out{tag}.{d}"])
 
 
-async def _latency(nc: Any, js: Any, url: str, rate: float, seconds: float) -> dict[str, float]:
-    """Publish at ``rate`` for ``seconds`` to a fresh stream; latency = stored at the destination - sent."""
+async def _latency(nc: Any, js: Any, url: str, rate: float, seconds: float,
+                   fixed: dict[int, str]) -> tuple[dict[str, float], tuple[dict[str, float], dict[str, float]]]:
+    """Publish at ``rate`` for ``seconds`` to a fresh stream; latency = stored at the destination - sent.
+    Also the CPU seconds by role from the router's start to the last record delivered."""
     tag = "lat"
     await js.add_stream(name="BENCH_LAT", subjects=["lat.>"])
     await _add_dest_streams(js, tag)
@@ -206,6 +329,7 @@ async def _latency(nc: Any, js: Any, url: str, rate: float, seconds: float) -> d
     factory = RetailEventFactory(seed=99)
     events = [factory.mix() for _ in range(n)]
     sent_at: dict[str, float] = {}
+    cpu = CpuPhase(fixed)
     try:
         tick = 0.02
         per_tick = max(1, int(rate * tick))
@@ -220,6 +344,7 @@ async def _latency(nc: Any, js: Any, url: str, rate: float, seconds: float) -> d
         deadline = time.monotonic() + 60
         while await _dest_counts_nats(js, tag) < n * len(DESTS) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
+        used = cpu.end()
     finally:
         await sup.stop()
     warm_up = {e.key for e in events[: n // 4]}  # the first quarter warms Ray and the concurrency limits up
@@ -239,7 +364,19 @@ async def _latency(nc: Any, js: Any, url: str, rate: float, seconds: float) -> d
             break
     lat.sort()
     return {"rate": rate, "events": n, "p50_ms": 1000 * lat[len(lat) // 2],
-            "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], "measured": len(lat)}
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], "measured": len(lat)}, used
+
+
+PHASES = {  # key in bench.json -> row in the printed table
+    "publish": "publish the events",
+    "a_ceiling": "(a) ceiling",
+    "b_plain": "(b) plain nats-py",
+    "c_router_nats": "(c) router, 3 NATS destinations",
+    "c_router_http": "(c) router, 3 HTTP destinations",
+    "latency": "latency run (publish + route)",
+    "publish_backlog": "publish the backlog",
+    "backlog_drain": "backlog drain",
+}
 
 
 async def _bench(events: int, backlog: int, latency_seconds: float, out: Path) -> dict[str, Any]:
@@ -250,25 +387,43 @@ async def _bench(events: int, backlog: int, latency_seconds: float, out: Path) -
     server = EmbeddedNats(store_dir=os.path.join(workdir, "js")).start()
     emulator = EmulatorProcess(workdir).start()
     excluded = lambda: {p for p in (server.proc.pid if server.proc else 0, emulator.proc.pid if emulator.proc else 0)}  # noqa: E731
+    fixed = {pid: role for pid, role in ((server.proc.pid if server.proc else 0, "nats_server"),
+                                         (emulator.proc.pid if emulator.proc else 0, "emulators")) if pid}
+    cpu: dict[str, Any] = {}
+
+    def phase(name: str, n: int, used: tuple[dict[str, float], dict[str, float]]) -> None:
+        work, startup = used
+        cpu[name] = {"events": n, "cpu_s": {role: round(v, 3) for role, v in work.items()},
+                     "per_1000_events": {role: round(v, 4) for role, v in _per_1000(work, n).items()},
+                     "actor_startup_cpu_s": {role: round(v, 3) for role, v in startup.items() if v}}
+
     try:
         nc = await nats.connect(server.url, pending_size=256 * 1024 * 1024)
         js = nc.jetstream()
         await js.add_stream(name="BENCH", subjects=["bench.>"])
         _say(f"filling the backlog: {events:,} retail events")
+        cpu_phase = CpuPhase(fixed)
         await _fill(nc, "bench", events, 1, "backlog")
+        phase("publish", events, cpu_phase.end())
 
         _say("(a) JetStream consume ceiling from Python ...")
+        cpu_phase = CpuPhase(fixed)
         a = await bench_ceiling(nc, js, "BENCH", events)
+        phase("a_ceiling", events, cpu_phase.end())
         _say(f"    {a:,.0f} msgs/s")
         _say("(b) plain nats-py pull_subscribe + fetch(1000) + decode + ack ...")
+        cpu_phase = CpuPhase(fixed)
         b = await bench_plain(js, "BENCH", events)
+        phase("b_plain", events, cpu_phase.end())
         _say(f"    {b:,.0f} msgs/s")
 
         _say("(c) router end to end, three NATS destinations ...")
         await _add_dest_streams(js, "")
         sampler = MemorySampler(excluded)
         cfg = _router_config(server.url, "BENCH", ["bench.>"], "router-nats", "nats")
-        c_nats, sup = await _run_router(cfg, events, lambda: _dest_counts_nats(js, ""), "(c) nats", sampler)
+        c_nats, sup, used = await _run_router(cfg, events, lambda: _dest_counts_nats(js, ""), "(c) nats", sampler,
+                                              fixed)
+        phase("c_router_nats", events, used)
         st = await sup.stats()
         await sup.stop()
         mem_c = sampler.peak
@@ -285,21 +440,27 @@ async def _bench(events: int, backlog: int, latency_seconds: float, out: Path) -
             return sum(stats[d]["unique"] for d in DESTS)
 
         cfg_http = _router_config(server.url, "BENCH", ["bench.>"], "router-http", "http", emulator.url, tag="h")
-        c_http, sup = await _run_router(cfg_http, events, http_count, "(c) http", MemorySampler(excluded))
+        c_http, sup, used = await _run_router(cfg_http, events, http_count, "(c) http", MemorySampler(excluded), fixed)
+        phase("c_router_http", events, used)
         await sup.stop()
         _say(f"    {c_http:,.0f} msgs/s ({c_http * 3:,.0f} records/s delivered)")
 
         _say(f"latency at half the router's rate ({c_nats / 2:,.0f} events/s for {latency_seconds:g}s) ...")
-        latency = await _latency(nc, js, server.url, c_nats / 2, latency_seconds)
+        latency, used = await _latency(nc, js, server.url, c_nats / 2, latency_seconds, fixed)
+        phase("latency", latency["events"], used)
         _say(f"    p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms")
 
         _say(f"backlog drain: {backlog:,} events published before the router starts ...")
         await js.add_stream(name="BENCH_BACKLOG", subjects=["backlog.>"])
+        cpu_phase = CpuPhase(fixed)
         await _fill(nc, "backlog", backlog, 2, "backlog")
+        phase("publish_backlog", backlog, cpu_phase.end())
         await _add_dest_streams(js, "b")
         sampler_b = MemorySampler(excluded)
         cfg_b = _router_config(server.url, "BENCH_BACKLOG", ["backlog.>"], "router-backlog", "nats", tag="b")
-        c_backlog, sup = await _run_router(cfg_b, backlog, lambda: _dest_counts_nats(js, "b"), "backlog", sampler_b)
+        c_backlog, sup, used = await _run_router(cfg_b, backlog, lambda: _dest_counts_nats(js, "b"), "backlog",
+                                                 sampler_b, fixed)
+        phase("backlog_drain", backlog, used)
         st_b = await sup.stats()
         await sup.stop()
         _say(f"    drained at {c_backlog:,.0f} msgs/s; peak RSS {sampler_b.peak / 2**20:,.0f} MiB "
@@ -307,6 +468,10 @@ async def _bench(events: int, backlog: int, latency_seconds: float, out: Path) -
         await nc.close()
         keys_b = sum(d.known_keys for d in st_b.destinations.values())
         keys_c = sum(d.known_keys for d in st.destinations.values())
+        dedup_keys = max(1_000_000, events)
+        _say(f"dedup index memory: {dedup_keys:,} keys ...")
+        dedup = dedup_memory(dedup_keys, cfg.dedup.window)
+        _say(f"    {dedup['bytes_per_key']:.1f} bytes per key held")
         results.update({
             "a_ceiling_msgs_per_s": a,
             "b_plain_msgs_per_s": b,
@@ -316,7 +481,9 @@ async def _bench(events: int, backlog: int, latency_seconds: float, out: Path) -
             "latency_at_half_load": latency,
             "peak_rss_mib": {"router_nats_run": mem_c / 2**20, "backlog_run": sampler_b.peak / 2**20},
             "dedup_keys_held": {"router_nats_run": keys_c, "backlog_run": keys_b},
+            "dedup_index": dedup,
             "backlog_drain_msgs_per_s": c_backlog,
+            "cpu_by_role": cpu,
         })
     finally:
         emulator.stop()
@@ -373,6 +540,20 @@ def run_bench(events: int = 200_000, backlog: int = 1_000_000, latency_seconds: 
     _say(f"peak RSS of the router's processes: {mem['router_nats_run']:,.0f} MiB ({r['events']:,} events), "
          f"{mem['backlog_run']:,.0f} MiB (backlog of {r['backlog']:,})")
     _say(f"ratios: nats/a {rt['nats_to_a']:.2f}, nats/b {rt['nats_to_b']:.2f}")
+    dd = r["dedup_index"]
+    _say(f"dedup index: {dd['bytes_per_key']:.1f} bytes per key held ({dd['keys_held']:,} keys, "
+         f"{dd['memory_mib']:,.1f} MiB); {dd['lookup_us_per_key']:.2f} us a key to look up in batches of 500")
+    _say("")
+    _say("CPU seconds per 1,000 source events, by role (user + system; actor processes started in a phase")
+    _say("count from their first work: their start-up is the last column, in CPU seconds):")
+    _say(f"{'phase':<32} {'events':>9}" + "".join(f" {label:>10}" for label in ROLES.values())
+         + f" {'total':>8} {'start-up':>9}")
+    for name, label in PHASES.items():
+        ph = r["cpu_by_role"].get(name)
+        if ph:
+            per = ph["per_1000_events"]
+            _say(f"{label:<32} {ph['events']:>9,}" + "".join(f" {per[role]:>10.3f}" for role in ROLES)
+                 + f" {per['total']:>8.3f} {sum(ph['actor_startup_cpu_s'].values()):>9.2f}")
     _say(f"wrote {out_dir / 'bench.json'}" + (f" and {out_dir / 'bench.png'}" if png else
                                                " (no chart: `pip install matplotlib`)"))
     return 0
