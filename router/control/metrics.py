@@ -182,7 +182,9 @@ def exported_metric_names() -> set[str]:
     from router.delivery.stats import DestinationStats
     from router.actors.ingest import IngestStats
 
-    st = RouterStats({"s": IngestStats(routed={"r/d": 0})}, {"d": DestinationStats(workflow_latency={"w": Histogram()})},
+    st = RouterStats({"s": IngestStats(routed={"r/d": 0})}, {"d": DestinationStats(
+        workflow_latency={"w": Histogram()}, lane_queued={"high": 0}, lane_delivered={"high": 0},
+        lane_parked={"high": 0}, lane_latency={"high": Histogram()})},
                      consumer_pending={"s": 0}, consumer_ack_pending={"s": 0},
                      partition_pending={"s": [0]}, partition_ack_pending={"s": [0]})
     collector = StatsCollector()
