@@ -328,9 +328,10 @@ class DestinationShard:
         now = self._clock()
         items: list[PendingRecord] = []
         waits: list[tuple[int, PendingRecord | Completion | None]] = []
-        for rec in records:
-            h = key_hash(rec.key)
-            if self.index.contains(h):
+        hashes = [key_hash(rec.key) for rec in records]
+        known = self.index.contains_many(hashes).tolist()
+        for rec, h, was_known in zip(records, hashes, known):
+            if was_known:
                 waits.append((h, None))  # already delivered
                 continue
             other = intake.claim(h, group)
@@ -363,12 +364,13 @@ class DestinationShard:
         if others:
             await asyncio.gather(*(g.future for g in others))
         outcomes: list[str | None] = []
-        for h, w in waits:
+        known_now = self.index.contains_many([h for h, _ in waits]).tolist()
+        for (h, w), is_known in zip(waits, known_now):
             if isinstance(w, PendingRecord):
                 outcome = w.outcome if w.outcome in (DELIVERED, DEAD_LETTERED) else None
                 self.stats.replayed += outcome == DELIVERED
             else:  # known, or settled by another delivery: final if the index has it now
-                outcome = DELIVERED if self.index.contains(h) else None
+                outcome = DELIVERED if is_known else None
             outcomes.append(outcome)
         return outcomes
 
