@@ -265,7 +265,8 @@ async def bench_plain(js: Any, stream: str, n: int) -> float:
 
 
 def _router_config(nats_url: str, stream: str, subjects: list[str], durable: str, dest_kind: str,
-                   emulator_url: str = "", tag: str = "") -> Config:
+                   emulator_url: str = "", tag: str = "", routes: list[dict[str, Any]] | None = None,
+                   ingest_actors: int = 2) -> Config:
     if dest_kind == "nats":
         dests = {d: {"kind": "nats", "subject": f"out{tag}.{d}", "batch": {"max_records": 1000},
                      "concurrency": 16} for d in DESTS}
@@ -275,12 +276,27 @@ def _router_config(nats_url: str, stream: str, subjects: list[str], durable: str
     return parse_config({
         "nats": {"url": nats_url},
         "sources": [{"name": "bench", "stream": stream, "subjects": subjects, "durable": durable,
-                     "create_stream": False, "fetch_batch": 1000, "max_inflight_batches": 8, "ingest_actors": 2}],
+                     "create_stream": False, "fetch_batch": 1000, "max_inflight_batches": 8,
+                     "ingest_actors": ingest_actors}],
         "destinations": dests,
-        "routes": [{"name": "fan-out", "destinations": list(DESTS)}],
+        "routes": routes or [{"name": "fan-out", "destinations": list(DESTS)}],
         "dedup": {"stream": f"BENCH_DEDUP{tag.upper()}"},
         "metrics": {"port": 0},
     }, "<bench>")
+
+
+def _family_routes(ordered: bool) -> list[dict[str, Any]]:
+    """The fan-out as one route per event family; ``ordered``: orders in sequence per order and first
+    (priority high), stock updates in sequence per SKU and location and last (low)."""
+    routes: list[dict[str, Any]] = [
+        {"name": "orders", "match": {"types": ["order.*"]}, "destinations": list(DESTS)},
+        {"name": "inventory", "match": {"types": ["inventory.*"]}, "destinations": list(DESTS)},
+        {"name": "other", "match": {"types": ["shipment.*", "return.*", "refund.*"]}, "destinations": list(DESTS)},
+    ]
+    if ordered:
+        routes[0].update(ordering_key=["data.order_id"], priority="high")
+        routes[1].update(ordering_key=["data.sku", "data.location_id"], priority="low")
+    return routes
 
 
 async def _dest_counts_nats(js: Any, tag: str) -> int:
@@ -373,6 +389,8 @@ PHASES = {  # key in bench.json -> row in the printed table
     "b_plain": "(b) plain nats-py",
     "c_router_nats": "(c) router, 3 NATS destinations",
     "c_router_http": "(c) router, 3 HTTP destinations",
+    "ordering_off": "(d) 1 ingest actor, no order",
+    "ordering_on": "(d) the same, ordering + lanes",
     "latency": "latency run (publish + route)",
     "publish_backlog": "publish the backlog",
     "backlog_drain": "backlog drain",
@@ -445,6 +463,22 @@ async def _bench(events: int, backlog: int, latency_seconds: float, out: Path) -
         await sup.stop()
         _say(f"    {c_http:,.0f} msgs/s ({c_http * 3:,.0f} records/s delivered)")
 
+        # (d) What ordering keys and priority lanes cost: the same routes with them off and on. Ordering
+        # keys need one reader per consumer (or partitions), so both runs use one ingest actor.
+        ordering: dict[str, float] = {}
+        for on in (False, True):
+            tag, label = ("o1", "ordering_on") if on else ("o0", "ordering_off")
+            _say(f"(d) router, one ingest actor, ordering keys and priority lanes {'on' if on else 'off'} ...")
+            await _add_dest_streams(js, tag)
+            cfg_o = _router_config(server.url, "BENCH", ["bench.>"], f"router-{tag}", "nats", tag=tag,
+                                   routes=_family_routes(on), ingest_actors=1)
+            rate, sup, used = await _run_router(cfg_o, events, lambda t=tag: _dest_counts_nats(js, t), f"(d) {label}",
+                                                MemorySampler(excluded), fixed)
+            phase(label, events, used)
+            await sup.stop()
+            ordering[label] = rate
+            _say(f"    {rate:,.0f} msgs/s")
+
         _say(f"latency at half the router's rate ({c_nats / 2:,.0f} events/s for {latency_seconds:g}s) ...")
         latency, used = await _latency(nc, js, server.url, c_nats / 2, latency_seconds, fixed)
         phase("latency", latency["events"], used)
@@ -477,6 +511,7 @@ async def _bench(events: int, backlog: int, latency_seconds: float, out: Path) -
             "b_plain_msgs_per_s": b,
             "c_router_nats_msgs_per_s": c_nats,
             "c_router_http_msgs_per_s": c_http,
+            "d_ordering_msgs_per_s": {"off": ordering["ordering_off"], "on": ordering["ordering_on"]},
             "ratios": {"nats_to_a": c_nats / a, "nats_to_b": c_nats / b, "http_to_a": c_http / a, "http_to_b": c_http / b},
             "latency_at_half_load": latency,
             "peak_rss_mib": {"router_nats_run": mem_c / 2**20, "backlog_run": sampler_b.peak / 2**20},
@@ -534,6 +569,9 @@ def run_bench(events: int = 200_000, backlog: int = 1_000_000, latency_seconds: 
                      ("(c) router, 3 NATS destinations", r["c_router_nats_msgs_per_s"]),
                      ("(c) router, 3 HTTP destinations", r["c_router_http_msgs_per_s"])):
         _say(f"{label:<40} {v:>10,.0f} {v / r['a_ceiling_msgs_per_s']:>7.0%} {v / r['b_plain_msgs_per_s']:>7.1f}x")
+    d = r["d_ordering_msgs_per_s"]
+    _say(f"(d) ordering keys + priority lanes, one ingest actor: {d['off']:,.0f} msgs/s off, {d['on']:,.0f} on "
+         f"({d['on'] / d['off'] - 1:+.0%})")
     lat = r["latency_at_half_load"]
     _say(f"latency at {lat['rate']:,.0f} events/s: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms")
     mem = r["peak_rss_mib"]
