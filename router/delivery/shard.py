@@ -25,8 +25,7 @@ import msgspec
 
 from router.config import Destination
 from router.delivery.dedup_index import DedupIndex, key_hash
-from router.delivery.intake import (ALL_LANES, DEAD_LETTERED, DELIVERED, PARKED, Completion, Fresh, Intake,
-                                    PendingRecord)
+from router.delivery.intake import DEAD_LETTERED, DELIVERED, PARKED, Completion, Fresh, Intake, PendingRecord
 from router.delivery.lanes import LANES
 from router.delivery.latency import LatencyRecorder
 from router.delivery.park_events import ParkEventLog
