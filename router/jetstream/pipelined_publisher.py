@@ -14,9 +14,9 @@ from typing import Sequence
 
 import orjson
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from router.jetstream import frames
+from router.jetstream.direct_subscription import Delivery, subscribe_direct
 
 __all__ = ["PipelinedPublisher", "PublishError"]
 
@@ -44,13 +44,13 @@ class PipelinedPublisher:
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+        self._sub = await subscribe_direct(self._nc, f"{self._inbox}.*", self._on_ack)
 
     async def close(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
 
-    async def _on_ack(self, msg: Msg) -> None:
+    def _on_ack(self, msg: Delivery) -> None:
         p = self._pending.get(msg.subject)
         if p is None:
             return  # a late ack for a call that already timed out (and will be repeated)

@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from router.jetstream import frames
+from router.jetstream.direct_subscription import Delivery, subscribe_direct
 
 from router.jetstream.partitions import strip_partition
 
@@ -61,19 +61,19 @@ class PullConsumer:
         self._inbox = ""
         self._sub: Any = None
         self._ids = itertools.count()
-        self._batch: list[Msg] = []
+        self._batch: list[Delivery] = []
         self._want = 0
         self._done: asyncio.Future | None = None
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+        self._sub = await subscribe_direct(self._nc, f"{self._inbox}.*", self._on_msg)
 
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
 
-    async def _on_msg(self, msg: Msg) -> None:
+    def _on_msg(self, msg: Delivery) -> None:
         if msg.reply:
             # A delivery. One that arrives after its request ended still counts: it is pending on
             # the server, so it goes into the batch being gathered now.
@@ -94,7 +94,7 @@ class PullConsumer:
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
 
-    async def fetch(self, batch: int, expires: float) -> list[Msg]:
+    async def fetch(self, batch: int, expires: float) -> list[Delivery]:
         """About ``batch`` messages; fewer (or none) when the stream has no more within ``expires``."""
         want = batch - len(self._batch)  # late deliveries of the last request are already here
         if want > 0:
@@ -109,16 +109,16 @@ class PullConsumer:
         out, self._batch = self._batch, []
         return out
 
-    async def ack(self, msg: Msg) -> None:
+    async def ack(self, msg: Delivery) -> None:
         await self._nc.publish(msg.reply, ACK)
 
-    async def ack_many(self, msgs: list[Msg]) -> None:
+    async def ack_many(self, msgs: list[Delivery]) -> None:
         """Ack each message; one write for all of them."""
         if msgs:
             await frames.send(self._nc, [m.reply for m in msgs], "", [ACK] * len(msgs), [None] * len(msgs))
 
-    async def nak(self, msg: Msg, delay: float) -> None:
+    async def nak(self, msg: Delivery, delay: float) -> None:
         await self._nc.publish(msg.reply, NAK + b" " + orjson.dumps({"delay": int(delay * 1e9)}))
 
-    async def in_progress(self, msg: Msg) -> None:
+    async def in_progress(self, msg: Delivery) -> None:
         await self._nc.publish(msg.reply, PROGRESS)

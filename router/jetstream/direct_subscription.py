@@ -1,0 +1,76 @@
+"""Subscriptions whose messages go straight to a function, without nats-py's per-message machinery.
+
+For every message nats-py builds a ``Msg`` object, puts it on the subscription's queue and has a
+task take it off and await the callback: a few microseconds each, paid for every message pulled
+from a source and every PubAck of every record published to a stream. The router's busiest
+subscriptions (the pull consumers' inboxes, the publishers' ack inboxes) take their messages
+here instead: one plain call per message with a small ``Delivery``, headers parsed by nats-py's
+own parser only when there are any.
+
+It hooks ``Client._process_msg`` (the method nats-py's protocol parser calls for each message,
+stable since 2.0) on the router's own connections; messages of other subscriptions go the usual
+way. A client without it gets an ordinary subscription with the same handler.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+__all__ = ["Delivery", "subscribe_direct"]
+
+
+class Delivery:
+    """One message: what the router reads of a ``Msg``."""
+
+    __slots__ = ("subject", "reply", "data", "headers")
+
+    def __init__(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
+        self.subject, self.reply, self.data, self.headers = subject, reply, data, headers
+
+
+Handler = Callable[[Delivery], None]
+_DIRECT = hasattr(Client, "_process_msg") and hasattr(Client, "_process_headers")
+
+
+def _table(nc: Client) -> dict[int, Handler]:
+    """The connection's direct handlers by subscription id; installs the hook once per connection."""
+    table = getattr(nc, "_router_direct", None)
+    if table is not None:
+        return table
+    table = {}
+    usual = nc._process_msg  # noqa: SLF001 (see the module docstring)
+    stats = nc.stats
+
+    async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        handler = table.get(sid)
+        if handler is None:
+            await usual(sid, subject, reply, data, headers)
+            return
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        hdr = await nc._process_headers(headers) if headers else None  # noqa: SLF001
+        handler(Delivery(subject.decode(), reply.decode(), data, hdr))
+
+    nc._process_msg = process_msg  # type: ignore[method-assign]  # noqa: SLF001
+    nc._router_direct = table  # type: ignore[attr-defined]
+    return table
+
+
+async def subscribe_direct(nc: Client, subject: str, handler: Handler) -> Any:
+    """Subscribe; every message on it goes to ``handler`` (synchronously, in arrival order).
+    Returns the subscription (``unsubscribe`` as usual)."""
+    if not _DIRECT:
+        async def cb(msg: Msg) -> None:
+            handler(Delivery(msg.subject, msg.reply, msg.data, msg.headers))
+        return await nc.subscribe(subject, cb=cb)
+
+    async def unused(msg: Msg) -> None:  # never called: the hook takes its messages
+        handler(Delivery(msg.subject, msg.reply, msg.data, msg.headers))
+
+    table = _table(nc)
+    sub = await nc.subscribe(subject, cb=unused)
+    table[sub._id] = handler  # noqa: SLF001
+    return sub
