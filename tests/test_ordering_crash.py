@@ -214,6 +214,8 @@ def test_a_consumer_whose_one_reader_died_is_read_again_from_its_ack_floor(nats_
         for m in got[:5]:
             await reader.ack(m)
         await dead.flush()
+        # JetStream takes acks in on its own queue: wait until it has them before the reader dies.
+        await poll_until(lambda: _ack_pending(js, 5), 10, "JetStream to count the five acks")
         await dead.close()
         out = await rewind_to_ack_floor(js, "REWIND", "r")
         again = PullConsumer(nc, "REWIND", "r")
@@ -228,3 +230,7 @@ def test_a_consumer_whose_one_reader_died_is_read_again_from_its_ack_floor(nats_
     out, seqs = asyncio.run(scenario())
     assert out == 5, "five messages were out with the dead reader"
     assert seqs == [6, 7, 8, 9, 10], f"the messages the dead reader held come first, got {seqs}"
+
+
+async def _ack_pending(js, n: int) -> bool:
+    return (await js.consumer_info("REWIND", "r")).num_ack_pending == n
