@@ -19,22 +19,24 @@ from .harness import config_dict, publish_paced, received, set_faults, wait_comp
 STEPS = ("created", "updated", "cancelled")
 
 
-def order_events(orders: int, seed: int) -> list[GeneratedEvent]:
-    """Each order's created / updated / cancelled in sequence, the orders interleaved at random."""
+def order_events(orders: int, seed: int, steps: tuple[str, ...] = STEPS) -> list[GeneratedEvent]:
+    """Each order's ``steps`` in sequence (keys ``o<n>-<step>``; a step named ``u<k>`` is an
+    ``order.updated``), the orders interleaved at random."""
     rng = random.Random(seed)
     step = {o: 0 for o in range(orders)}
     out = []
     while step:
         o = rng.choice(list(step))
-        kind = STEPS[step[o]]
-        key = f"o{o}-{kind}"
+        name = steps[step[o]]
+        kind = "updated" if name.startswith("u") and name[1:].isdigit() else name
+        key = f"o{o}-{name}"
         body = {"idempotency_key": key, "type": f"order.{kind}", "source": "web-storefront",
                 "occurred_at": "2026-11-27T10:00:00Z",
-                "data": {"order_id": f"O-{o}", "channel": "web", "currency": "EUR", "total": 10.0,
-                         "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price": 10.0}]}}
+                "data": {"order_id": f"O-{o}", "channel": "web", "currency": "EUR", "total": 10.0 + step[o],
+                         "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price": 10.0 + step[o]}]}}
         out.append(GeneratedEvent("retail.orders.web", orjson.dumps(body), key, f"order.{kind}"))
         step[o] += 1
-        if step[o] == len(STEPS):
+        if step[o] == len(steps):
             del step[o]
     return out
 

@@ -6,7 +6,6 @@ and the router killed while the park is being replayed, then started again on a 
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import signal
 import subprocess
@@ -15,45 +14,22 @@ import time
 
 import aiohttp
 import nats
-import orjson
 import yaml
 
 from router.config import load_config
 from router.control.demo import demo_config_dict
-from router.loadtest.retail_events import GeneratedEvent
 
 from .conftest import wait_until
 from .harness import (duplicates_of, emulator_stats, in_flight_bound, kill_process_tree, poll_until, publish_paced,
                       received, set_faults, wait_complete)
 from .test_crash import crash_config
-from .test_ordering import ordered_config
+from .test_ordering import order_events, ordered_config
 
 ORDERS = 2_000
 STEPS = ("created", *(f"u{n}" for n in range(1, 9)), "cancelled")  # 10 events an order
 RATE = 400  # events a second offered by the storefronts: 20,000 events in 50 s
 ERRORS = {"error_rate": 0.1, "status": 503}
 OUTAGE_S = 10
-
-
-def order_events(orders: int, seed: int) -> list[GeneratedEvent]:
-    """Each order's created / 8 x updated / cancelled in sequence, the orders interleaved at random."""
-    rng = random.Random(seed)
-    step = {o: 0 for o in range(orders)}
-    out = []
-    while step:
-        o = rng.choice(list(step))
-        name = STEPS[step[o]]
-        kind = "updated" if name.startswith("u") else name
-        key = f"o{o}-{name}"
-        body = {"idempotency_key": key, "type": f"order.{kind}", "source": "web-storefront",
-                "occurred_at": "2026-11-27T10:00:00Z",
-                "data": {"order_id": f"O-{o}", "channel": "web", "currency": "EUR", "total": 10.0 + step[o],
-                         "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price": 10.0 + step[o]}]}}
-        out.append(GeneratedEvent("retail.orders.web", orjson.dumps(body), key, f"order.{kind}"))
-        step[o] += 1
-        if step[o] == len(STEPS):
-            del step[o]
-    return out
 
 
 def _config(nats_url: str, emulator_url: str) -> dict:
@@ -87,7 +63,7 @@ def _out_of_order(got: dict[str, int]) -> dict[str, list[str]]:
 
 
 def test_each_orders_events_in_order_once_through_503s_an_outage_and_a_kill_9(clean, nats_server, emulator, tmp_path):
-    events = order_events(ORDERS, seed=14)
+    events = order_events(ORDERS, seed=14, steps=STEPS)
     assert len(events) == ORDERS * len(STEPS)
     keys = {e.key for e in events}
     path = tmp_path / "router.yaml"
