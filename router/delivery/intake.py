@@ -257,9 +257,6 @@ class Intake:
                 taken += self._take_first(lane, n)
         return taken
 
-    def take_all(self) -> list[PendingRecord]:
-        return self.take_while(lambda i: True)
-
     def _take_first(self, lane: int, n: int) -> list[PendingRecord]:
         queue = self.lanes[lane]
         taken, self.lanes[lane] = queue[:n], queue[n:]

@@ -62,15 +62,12 @@ def _table(nc: Client) -> dict[int, Handler]:
 async def subscribe_direct(nc: Client, subject: str, handler: Handler) -> Any:
     """Subscribe; every message on it goes to ``handler`` (synchronously, in arrival order).
     Returns the subscription (``unsubscribe`` as usual)."""
-    if not _DIRECT:
-        async def cb(msg: Msg) -> None:
-            handler(Delivery(msg.subject, msg.reply, msg.data, msg.headers))
-        return await nc.subscribe(subject, cb=cb)
-
-    async def unused(msg: Msg) -> None:  # never called: the hook takes its messages
+    async def cb(msg: Msg) -> None:  # with the hook, only for a message that came before it was in place
         handler(Delivery(msg.subject, msg.reply, msg.data, msg.headers))
 
+    if not _DIRECT:
+        return await nc.subscribe(subject, cb=cb)
     table = _table(nc)
-    sub = await nc.subscribe(subject, cb=unused)
+    sub = await nc.subscribe(subject, cb=cb)
     table[sub._id] = handler  # noqa: SLF001
     return sub
