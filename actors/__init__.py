@@ -1,9 +1,5 @@
 """The Ray actors: thin wrappers that own a plain object from ``router`` and move batches.
 
-Installed as ``router.actors``.
+Installed as ``router.actors``. Each actor is imported from its own module, so an actor's
+process loads only what it runs (an ingest actor has no use for the sink side and its numpy).
 """
-
-from .destination_worker import DestinationWorker
-from .ingest import IngestActor
-
-__all__ = ["DestinationWorker", "IngestActor"]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from router.delivery import dedup_index
-from router.delivery.dedup_index import DedupIndex, key_hash
+from router.delivery.dedup_index import DedupIndex
+from router.delivery.key_hash import key_hash
 
 WINDOW = 256.0  # 1 s buckets
 

@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 
 from router.config import Destination, RetryConfig, parse_section
-from router.delivery.dedup_index import DedupIndex, key_hash
+from router.delivery.dedup_index import DedupIndex
+from router.delivery.key_hash import key_hash
 from router.delivery.lanes import HIGH, LOW, NORMAL, LaneScheduler
 from router.delivery.memory_ports import MemoryDeadLetters, MemoryJournal, MemoryParking, ScriptedSink
 from router.delivery.shard import DestinationShard, RetriesExhausted, ShardPorts, batch_id

@@ -24,7 +24,7 @@ from nats.js import api
 from router.config import parse_config
 from router.control.demo import expected_deliveries
 from router.control.reconcile import KeySet, UniqueCounter
-from router.delivery.dedup_index import key_hash
+from router.delivery.key_hash import key_hash
 from router.ingest.plan import shard_of
 from router.jetstream.dead_letters import H
 from router.loadtest.retail_events import RetailEventFactory

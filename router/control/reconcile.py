@@ -43,7 +43,7 @@ from nats.js import JetStreamContext
 
 from router.codecs import EventDecoder, InvalidEvent
 from router.config import Config
-from router.delivery.dedup_index import key_hash
+from router.delivery.key_hash import key_hash
 from router.ingest.routing import RouteTable, wildcard_match
 from router.jetstream.dead_letters import H
 from router.jetstream.partitions import consumer_filter, strip_partition

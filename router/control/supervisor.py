@@ -22,9 +22,9 @@ from typing import Any
 import msgspec
 import ray
 
-from router.actors import DestinationWorker, IngestActor
+from router.actors.destination_worker import DestinationWorker
+from router.actors.ingest import IngestActor, IngestStats
 from router.actors.destination_limits import DestinationLimits
-from router.actors.ingest import IngestStats
 
 from router.config import Config, ConfigError, load_config
 from router.control.reload import Change, compare, decode_live, encode_live, live_part, with_live

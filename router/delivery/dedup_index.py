@@ -23,14 +23,13 @@ found by one scan now and then, not on every add.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import sys
 import time
 from typing import Callable, Iterable
 
 import numpy as np
 
-__all__ = ["DedupIndex", "key_hash"]
+__all__ = ["DedupIndex"]
 
 BUCKETS_PER_WINDOW = 256
 MIN_RUN = 4096  # runs smaller than this merge right away: fewer runs for a lookup to search
@@ -42,10 +41,6 @@ PAD = 64  # sentinel entries after a run's keys: lookups never index past the en
 _U64 = np.uint64
 _END = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # sentinel key closing every run: lookups stay in bounds
 _SEQ_BITS = 32
-
-
-def key_hash(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
 
 
 def _as_u64(hashes: Iterable[int] | np.ndarray) -> np.ndarray:

@@ -13,7 +13,8 @@ import asyncio
 from typing import Any, Callable
 
 from router.config import BatchConfig
-from router.delivery.dedup_index import DedupIndex, key_hash
+from router.delivery.dedup_index import DedupIndex
+from router.delivery.key_hash import key_hash
 from router.delivery.lanes import LANES, NORMAL, LaneScheduler
 
 __all__ = ["Admission", "Completion", "Intake", "PendingRecord"]

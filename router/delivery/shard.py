@@ -24,7 +24,8 @@ from typing import Any, Callable, NamedTuple
 import msgspec
 
 from router.config import Destination
-from router.delivery.dedup_index import DedupIndex, key_hash
+from router.delivery.dedup_index import DedupIndex
+from router.delivery.key_hash import key_hash
 from router.delivery.intake import DEAD_LETTERED, DELIVERED, PARKED, Completion, Fresh, Intake, PendingRecord
 from router.delivery.lanes import LANES
 from router.delivery.latency import LatencyRecorder

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from router.codecs import EventDecoder, InvalidEvent
 
-from router.delivery.dedup_index import key_hash
+from router.delivery.key_hash import key_hash
 from router.record_batch import RecordBatch
 from router.ingest.routing import RouteTable, ordering_hash
 from router.slo import WorkflowTagger

@@ -15,7 +15,7 @@ import msgspec
 
 from router.codecs import Encoder, Event, get_encoder
 from router.config import Predicate, Route
-from router.delivery.dedup_index import key_hash
+from router.delivery.key_hash import key_hash
 from router.delivery.lanes import NORMAL, lane_index
 
 __all__ = ["RouteTable", "RouteTarget", "ordering_hash", "wildcard_match"]

@@ -7,31 +7,24 @@ subscriptions (the pull consumers' inboxes, the publishers' ack inboxes) take th
 here instead: one plain call per message with a small ``Delivery``, headers parsed by nats-py's
 own parser only when there are any.
 
-It hooks ``Client._process_msg`` (the method nats-py's protocol parser calls for each message,
-stable since 2.0) on the router's own connections; messages of other subscriptions go the usual
+It reads the connection's MSG frames itself (``message_frames.py``) and hooks
+``Client._process_msg`` (the method nats-py's protocol parser calls for each message, stable since
+2.0) for the messages nats-py's parser still reads; messages of other subscriptions go the usual
 way. A client without it gets an ordinary subscription with the same handler.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from router.jetstream import message_frames
+from router.jetstream.message_frames import Delivery, Handler
+
 __all__ = ["Delivery", "subscribe_direct"]
 
-
-class Delivery:
-    """One message: what the router reads of a ``Msg``."""
-
-    __slots__ = ("subject", "reply", "data", "headers")
-
-    def __init__(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
-        self.subject, self.reply, self.data, self.headers = subject, reply, data, headers
-
-
-Handler = Callable[[Delivery], None]
 _DIRECT = hasattr(Client, "_process_msg") and hasattr(Client, "_process_headers")
 
 
@@ -55,6 +48,8 @@ def _table(nc: Client) -> dict[int, Handler]:
         handler(Delivery(subject.decode(), reply.decode(), data, hdr))
 
     nc._process_msg = process_msg  # type: ignore[method-assign]  # noqa: SLF001
+    if message_frames.supported:
+        message_frames.install(nc, table)
     nc._router_direct = table  # type: ignore[attr-defined]
     return table
 
