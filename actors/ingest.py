@@ -137,7 +137,13 @@ class IngestActor:
         consumer = self.consumer = PullConsumer(nc, src.stream, durable, partitioned=self.partition is not None)
         await consumer.start()
         window = asyncio.Semaphore(src.max_inflight_batches)
-        tasks: set[asyncio.Task] = set()
+        tasks: set[asyncio.Task] = set()  # batches in hand; with none, a fetch need not wait to fill
+
+        def settled(task: asyncio.Task) -> None:
+            tasks.discard(task)
+            if not tasks:
+                consumer.hurry()
+
         keepalive = asyncio.get_running_loop().create_task(self._progress_acks())
         try:
             while not self._stopping.is_set():
@@ -151,7 +157,7 @@ class IngestActor:
                     continue
                 self._fetching = True
                 try:
-                    msgs = await consumer.fetch(src.fetch_batch, expires=src.fetch_wait)
+                    msgs = await consumer.fetch(src.fetch_batch, expires=src.fetch_wait, fill=bool(tasks))
                 except (nats.errors.Error, OSError) as exc:
                     # NATS restarting or unreachable: the client reconnects by itself.
                     self._fetching = False
@@ -170,7 +176,7 @@ class IngestActor:
                 self._fetching = False
                 task = asyncio.get_running_loop().create_task(self._see_through(bid, msgs, dlq, window))
                 tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                task.add_done_callback(settled)
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:

@@ -63,11 +63,13 @@ class MemorySampler:
         self.exclude = exclude
         self.peak = 0
         self.peak_pss = 0
+        self.at_peak: dict[str, float] = {}  # role -> MiB of PSS, when the summed PSS peaked
         self._task: asyncio.Task | None = None
 
     def sample(self) -> int:
         me = psutil.Process()
         total = pss = 0
+        roles: dict[str, float] = {}
         skip = self.exclude()
         for p in [me, *me.children(recursive=True)]:
             if p.pid in skip:
@@ -75,11 +77,15 @@ class MemorySampler:
             try:
                 mem = p.memory_full_info()
                 total += mem.rss
-                pss += getattr(mem, "pss", mem.rss)
+                share = getattr(mem, "pss", mem.rss)
+                pss += share
+                role = process_role(p, {})[0]
+                roles[role] = roles.get(role, 0.0) + share / 2**20
             except psutil.Error:
                 pass
         self.peak = max(self.peak, total)
-        self.peak_pss = max(self.peak_pss, pss)
+        if pss > self.peak_pss:
+            self.peak_pss, self.at_peak = pss, roles
         return total
 
     async def _loop(self) -> None:
@@ -525,6 +531,7 @@ async def _bench(events: int, backlog: int, latency_seconds: float, out: Path) -
             "latency_at_half_load": latency,
             "peak_rss_mib": {"router_nats_run": mem_c / 2**20, "backlog_run": sampler_b.peak / 2**20},
             "peak_pss_mib": {"router_nats_run": sampler.peak_pss / 2**20, "backlog_run": sampler_b.peak_pss / 2**20},
+            "pss_by_role_at_peak_mib": {"router_nats_run": sampler.at_peak, "backlog_run": sampler_b.at_peak},
             "dedup_keys_held": {"router_nats_run": keys_c, "backlog_run": keys_b},
             "dedup_index": dedup,
             "backlog_drain_msgs_per_s": c_backlog,
@@ -588,6 +595,9 @@ def run_bench(events: int = 200_000, backlog: int = 1_000_000, latency_seconds: 
     _say(f"peak memory of the router's processes, summed RSS / PSS: {mem['router_nats_run']:,.0f} / "
          f"{pss['router_nats_run']:,.0f} MiB ({r['events']:,} events), {mem['backlog_run']:,.0f} / "
          f"{pss['backlog_run']:,.0f} MiB (backlog of {r['backlog']:,})")
+    for run, roles in r["pss_by_role_at_peak_mib"].items():
+        _say(f"  PSS at the peak, {run}: " + ", ".join(f"{ROLES.get(k, k)} {v:,.0f}" for k, v in sorted(roles.items()))
+             + " MiB (bench = the driver, with the publisher in the backlog run)")
     _say(f"ratios: nats/a {rt['nats_to_a']:.2f}, nats/b {rt['nats_to_b']:.2f}")
     dd = r["dedup_index"]
     _say(f"dedup index: {dd['bytes_per_key']:.1f} bytes per key held ({dd['keys_held']:,} keys, "

@@ -88,7 +88,7 @@ class Source(Base):
     durable: Name  # durable pull-consumer name: the router resumes from it after a restart
     create_stream: bool = True  # create the stream if it does not exist (file storage, limits retention)
     fetch_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500  # messages per pull request
-    fetch_wait: Duration = 0.05  # how long a pull waits to fill its batch: the latency floor when traffic is light
+    fetch_wait: Duration = 0.05  # how long a pull waits to fill its batch while the actor has batches in hand (idle, it takes what is there)
     max_inflight_batches: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8  # fetched batches not yet acked
     ingest_actors: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # ingest actors sharing the durable consumer
     ack_wait: Duration = 30.0  # the consumer's ack wait; in-flight work sends progress acks before it

@@ -93,7 +93,7 @@ class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_on
 class BatchConfig(Base):
     max_records: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 100  # records per request / publish burst
     max_bytes: ByteSize = 1024 * 1024  # body size cap per request
-    linger: Duration = 0.02  # how long a partial batch may wait for more records
+    linger: Duration = 0.02  # how long a partial batch may wait for more records while a batch is on its way (idle, it goes at once)
 
 
 class RetryConfig(Base):

@@ -56,6 +56,26 @@ def test_batches_are_capped_and_each_key_delivered_once():
     assert len(d.ports.journal.committed) == 26
 
 
+def test_a_partial_batch_waits_for_more_records_only_while_a_batch_is_on_its_way():
+    """Nagle's rule: records reaching an idle shard go at once; while a request is out, later
+    ones gather (up to ``linger``) and go together when it is answered."""
+    async def go():
+        sink = ScriptedSink(latency=0.5)
+        d = make(sink, batch={"max_records": 100, "linger": 2.0})
+        await d.start()
+        first = asyncio.ensure_future(d.submit(recs("a", "b")))
+        await asyncio.sleep(0.1)
+        later = [asyncio.ensure_future(d.submit(recs(f"c{i}"))) for i in range(3)]
+        await asyncio.gather(first, *later)
+        await d.close()
+        return sink
+
+    sink = run_simulated(go())
+    assert sink.calls == [["a", "b"], ["c0", "c1", "c2"]]
+    assert sink.sent_at[0] == pytest.approx(0.0, abs=1e-6)  # idle: not linger (2 s) later
+    assert sink.sent_at[1] == pytest.approx(0.5, abs=1e-6)  # when the first was answered, not at 2.1 s
+
+
 def test_known_keys_are_not_sent_again():
     async def go():
         sink = ScriptedSink()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import nats
 import orjson
@@ -150,6 +151,43 @@ def test_nats_destination_gets_each_record_once(clean, nats_server, emulator, ra
     keys = [orjson.loads(m.data)["idempotency_key"] for m in msgs]
     assert len(keys) == len(set(keys)) == len({e.key for e in events})
     assert all(m.headers["Nats-Msg-Id"] == orjson.loads(m.data)["idempotency_key"] for m in msgs)
+
+
+def test_a_quiet_stream_is_not_held_back_to_fill_batches(clean, nats_server, emulator, ray_session):
+    """With nothing in hand, the ingest actor does not wait ``fetch_wait`` for a fuller batch and
+    the sink does not wait ``linger`` (Nagle's rule at both): both set to 3 s here, a lone event
+    still arrives in well under 3 s."""
+    def change(raw):
+        raw["sources"][0]["fetch_wait"] = "3s"
+        raw["destinations"]["partner"] = {"kind": "nats", "subject": "quiet.orders",
+                                          "batch": {"max_records": 1000, "linger": "3s"}}
+        raw["routes"] = [{"name": "orders-to-partner", "match": {"types": ["order.*"]}, "destinations": ["partner"]}]
+
+    events = [e for e in RetailEventFactory(seed=17).burst(200) if e.type.startswith("order.")][:6]
+
+    async def scenario():
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        await js.add_stream(name="QUIET", subjects=["quiet.>"])
+        sup = Supervisor(config(nats_server.url, emulator.url, change))
+        await sup.start()
+        took = []
+        try:
+            for n, e in enumerate(events):  # the first warms the actors up
+                await asyncio.sleep(0.3)
+                t0 = time.monotonic()
+                await publish(nats_server.url, [e])
+                while (await js.stream_info("QUIET")).state.messages < n + 1:
+                    assert time.monotonic() - t0 < 20, f"event {n} not delivered"
+                    await asyncio.sleep(0.02)
+                took.append(time.monotonic() - t0)
+        finally:
+            await sup.stop()
+            await nc.close()
+        return took
+
+    took = asyncio.run(scenario())
+    assert max(took[1:]) < 1.5, took
 
 
 def test_rejected_record_is_dead_lettered_alone_with_the_response(clean, nats_server, emulator, ray_session):

@@ -23,7 +23,7 @@ from router.jetstream.direct_subscription import Delivery, subscribe_direct
 
 from router.jetstream.partitions import strip_partition
 
-__all__ = ["PullConsumer", "delivery_count", "stream_seq"]
+__all__ = ["PullConsumer", "delivery_count", "pending_count", "stream_seq"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,14 @@ def delivery_count(reply: str) -> int:
     return int(_tokens(reply)[4])
 
 
+def pending_count(reply: str) -> int:
+    """How many messages the stream held for the consumer after this one (-1 if unreadable)."""
+    try:
+        return int(_tokens(reply)[8])
+    except (IndexError, ValueError):
+        return -1
+
+
 def published_ns(reply: str) -> int:
     """When JetStream stored the message (ns since the epoch), from its ack subject; 0 if unreadable."""
     try:
@@ -64,14 +72,21 @@ class PullConsumer:
         self._batch: list[Delivery] = []
         self._want = 0
         self._done: asyncio.Future | None = None
+        self._fill = True  # wait for a full batch (until ``expires``), or return once the stream has no more
+        self._caught_up = False  # the last delivery said no more messages were pending
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
         self._sub = await subscribe_direct(self._nc, f"{self._inbox}.*", self._on_msg)
 
     async def stop(self) -> None:
+        """Unsubscribe; deliveries that came after the last fetch returned are NAKed, so the next
+        reader gets them at once rather than after ``ack_wait``."""
         if self._sub is not None:
             await self._sub.unsubscribe()
+        left, self._batch = self._batch, []
+        if left:
+            await frames.send(self._nc, [m.reply for m in left], "", [NAK] * len(left), [None] * len(left))
 
     def _on_msg(self, msg: Delivery) -> None:
         if msg.reply:
@@ -82,6 +97,10 @@ class PullConsumer:
             self._batch.append(msg)
             if len(self._batch) >= self._want:
                 self._finish()
+            elif not self._fill:
+                self._caught_up = pending_count(msg.reply) == 0
+                if self._caught_up:  # after the rest of this read is in
+                    asyncio.get_running_loop().call_soon(self._finish)
             return
         status = msg.headers.get("Status", "") if msg.headers else ""
         if status in ("404", "408"):  # nothing (more) for now, or the request expired
@@ -94,8 +113,22 @@ class PullConsumer:
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
 
-    async def fetch(self, batch: int, expires: float) -> list[Delivery]:
-        """About ``batch`` messages; fewer (or none) when the stream has no more within ``expires``."""
+    def hurry(self) -> None:
+        """The fetch under way (or the next) need not fill its batch: it returns as soon as the
+        stream has no more messages pending (see ``fetch``)."""
+        self._fill = False
+        if self._caught_up and self._batch:
+            self._finish()
+
+    async def fetch(self, batch: int, expires: float, fill: bool = True) -> list[Delivery]:
+        """About ``batch`` messages; fewer (or none) when the stream has no more within ``expires``.
+        ``fill=False`` (the reader has nothing in hand): it returns as soon as messages are here and
+        the stream has no more pending, rather than wait ``expires`` for more to be published; a
+        reader that is busy waits and gets fuller batches (Nagle's rule)."""
+        self._fill, self._caught_up = fill, False
+        if not fill and self._batch:  # late deliveries of the last request: they go now
+            out, self._batch = self._batch, []
+            return out
         want = batch - len(self._batch)  # late deliveries of the last request are already here
         if want > 0:
             self._want = batch
