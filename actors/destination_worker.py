@@ -15,6 +15,7 @@ from typing import Any
 import ray
 
 from router.config import Config
+from router.control.gc_tuning import tune_gc
 from router.jetstream.dead_letters import DeadLetterPublisher
 from router.delivery.dedup_index import DedupIndex
 from router.jetstream.dedup_journal import DedupJournal
@@ -78,6 +79,7 @@ class DestinationWorker:
                                            gate=gate, make_limiter=self._limiter)
                 await started.start()
                 self._shard = started
+                tune_gc()  # what start-up built (the dedup index loaded from the journal) stays
         return self._shard
 
     def _limiter(self, dest: Any) -> Any:

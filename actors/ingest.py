@@ -20,6 +20,7 @@ import nats.errors
 import ray
 
 from router.config import Config
+from router.control.gc_tuning import tune_gc
 from router.control.logging_setup import configure_from_environment
 from router.jetstream.dead_letters import DeadLetterPublisher
 from router.ingest.plan import IngestPlanner
@@ -136,6 +137,7 @@ class IngestActor:
             await rewind_to_ack_floor(js, src.stream, durable)
         consumer = self.consumer = PullConsumer(nc, src.stream, durable, partitioned=self.partition is not None)
         await consumer.start()
+        tune_gc()
         window = asyncio.Semaphore(src.max_inflight_batches)
         tasks: set[asyncio.Task] = set()  # batches in hand; with none, a fetch need not wait to fill
 
