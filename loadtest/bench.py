@@ -59,19 +59,29 @@ class MemorySampler:
     RSS, and PSS (Linux), which counts a page shared by several processes once in all (each Ray
     process maps the same libraries: summed RSS counts them once per process)."""
 
+    # Reading PSS makes the kernel walk each process's page tables, and listing the process tree
+    # reads every process's stat file: on two shared cores that is CPU taken from the router, so
+    # the tree is listed every few samples and sampled once a second (the peaks last longer).
+    INTERVAL, RELIST_EVERY = 1.0, 3
+
     def __init__(self, exclude: Callable[[], set[int]]) -> None:
         self.exclude = exclude
         self.peak = 0
         self.peak_pss = 0
         self.at_peak: dict[str, float] = {}  # role -> MiB of PSS, when the summed PSS peaked
         self._task: asyncio.Task | None = None
+        self._procs: list[psutil.Process] = []
+        self._samples = 0
 
     def sample(self) -> int:
-        me = psutil.Process()
+        if self._samples % self.RELIST_EVERY == 0:
+            me = psutil.Process()
+            self._procs = [me, *me.children(recursive=True)]
+        self._samples += 1
         total = pss = 0
         roles: dict[str, float] = {}
         skip = self.exclude()
-        for p in [me, *me.children(recursive=True)]:
+        for p in self._procs:
             if p.pid in skip:
                 continue
             try:
@@ -91,10 +101,10 @@ class MemorySampler:
     async def _loop(self) -> None:
         while True:
             await asyncio.to_thread(self.sample)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(self.INTERVAL)
 
     def __enter__(self) -> "MemorySampler":
-        self.peak = 0
+        self.peak, self._samples = 0, 0
         self._task = asyncio.get_running_loop().create_task(self._loop())
         return self
 
@@ -600,7 +610,8 @@ def run_bench(events: int = 200_000, backlog: int = 1_000_000, latency_seconds: 
     for run, roles in r["pss_by_role_at_peak_mib"].items():
         _say(f"  PSS at the peak, {run}: " + ", ".join(f"{ROLES.get(k, k)} {v:,.0f}" for k, v in sorted(roles.items()))
              + " MiB (bench: this process, the router's driver and the publisher before each run)")
-    _say(f"ratios: nats/a {rt['nats_to_a']:.2f}, nats/b {rt['nats_to_b']:.2f}")
+    _say(f"ratios: nats/a {rt['nats_to_a']:.2f}, nats/b {rt['nats_to_b']:.2f}, http/a {rt['http_to_a']:.2f}, "
+         f"http/b {rt['http_to_b']:.2f}")
     dd = r["dedup_index"]
     _say(f"dedup index: {dd['bytes_per_key']:.1f} bytes per key held ({dd['keys_held']:,} keys, "
          f"{dd['memory_mib']:,.1f} MiB); {dd['lookup_us_per_key']:.2f} us a key to look up in batches of 500")

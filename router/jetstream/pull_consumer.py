@@ -73,7 +73,6 @@ class PullConsumer:
         self._want = 0
         self._done: asyncio.Future | None = None
         self._fill = True  # wait for a full batch (until ``expires``), or return once the stream has no more
-        self._caught_up = False  # the last delivery said no more messages were pending
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
@@ -97,10 +96,8 @@ class PullConsumer:
             self._batch.append(msg)
             if len(self._batch) >= self._want:
                 self._finish()
-            elif not self._fill:
-                self._caught_up = pending_count(msg.reply) == 0
-                if self._caught_up:  # after the rest of this read is in
-                    asyncio.get_running_loop().call_soon(self._finish)
+            elif not self._fill and pending_count(msg.reply) == 0:  # after the rest of this read is in
+                asyncio.get_running_loop().call_soon(self._finish)
             return
         status = msg.headers.get("Status", "") if msg.headers else ""
         if status in ("404", "408"):  # nothing (more) for now, or the request expired
@@ -117,7 +114,7 @@ class PullConsumer:
         """The fetch under way (or the next) need not fill its batch: it returns as soon as the
         stream has no more messages pending (see ``fetch``)."""
         self._fill = False
-        if self._caught_up and self._batch:
+        if self._batch and pending_count(self._batch[-1].reply) == 0:
             self._finish()
 
     async def fetch(self, batch: int, expires: float, fill: bool = True) -> list[Delivery]:
@@ -125,7 +122,7 @@ class PullConsumer:
         ``fill=False`` (the reader has nothing in hand): it returns as soon as messages are here and
         the stream has no more pending, rather than wait ``expires`` for more to be published; a
         reader that is busy waits and gets fuller batches (Nagle's rule)."""
-        self._fill, self._caught_up = fill, False
+        self._fill = fill
         if not fill and self._batch:  # late deliveries of the last request: they go now
             out, self._batch = self._batch, []
             return out
