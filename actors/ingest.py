@@ -247,13 +247,22 @@ class IngestActor:
         for (route, dest), n in plan.routed.items():
             routed[f"{route}/{dest}"] = routed.get(f"{route}/{dest}", 0) + n
 
-        results = await asyncio.gather(*(ref for _, _, ref in calls), return_exceptions=True)
+        results = await asyncio.gather(*(self._answer(call, ref) for _, call, ref in calls), return_exceptions=True)
         for (idx, _, _), res in zip(calls, results):
             if isinstance(res, BaseException):
                 log.warning("ingest %s: %d records not final, will be redelivered: %s",
                             self.src.name, len(idx), str(res).splitlines()[-1][:300])
                 failed.update(idx)
         await self._settle(msgs, failed)
+
+    async def _answer(self, call: tuple[str, int, int], ref: Any) -> Any:
+        """A sink actor's answer to one call; from then on the call is not open (the floor a sink
+        actor that restarts starts from moves past it at once, not when the whole batch is done)."""
+        dest, shard, seq = call
+        try:
+            return await ref
+        finally:
+            self._unanswered[(dest, shard)].discard(seq)
 
     async def _settle(self, msgs: list[Any], failed: set[int]) -> None:
         delay, consumer = self.src.redelivery_delay, self.consumer
@@ -262,13 +271,9 @@ class IngestActor:
                 await consumer.ack_many(msgs)
                 self.stats_.acked += len(msgs)
                 return
-            for i, m in enumerate(msgs):
-                if i in failed:
-                    await consumer.nak(m, delay)
-                    self.stats_.nacked += 1
-                else:
-                    await consumer.ack(m)
-                    self.stats_.acked += 1
+            await consumer.settle_each(msgs, failed, delay)
+            self.stats_.nacked += len(failed)
+            self.stats_.acked += len(msgs) - len(failed)
         except nats.errors.Error as exc:
             # Not acked: JetStream redelivers after ack_wait, and dedup stops a second delivery.
             log.warning("ingest %s: ack failed (%s)", self.src.name, exc)
@@ -281,8 +286,7 @@ class IngestActor:
             horizon = time.monotonic() - every
             for fetched_at, msgs in list(self._open.values()):
                 if fetched_at <= horizon:
-                    for m in msgs:
-                        try:
-                            await self.consumer.in_progress(m)
-                        except Exception:  # best effort; redelivery is still safe
-                            break
+                    try:
+                        await self.consumer.in_progress_many(msgs)
+                    except Exception:  # best effort; redelivery is still safe
+                        pass

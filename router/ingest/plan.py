@@ -85,19 +85,21 @@ class IngestPlanner:
                 out.unrouted.append(i)
                 continue
             origin = f"{source}/{seqs[i]}"
+            tp = traceparent_of(m.headers)  # W3C trace context passed through, in each record (router/tracing.py)
             try:
                 first = routed[0].encoder
                 if all(t.encoder is first for t in routed):  # the usual fan-out: one encoding for all
                     payload = first.encode(ev)
+                    if tp is not None:
+                        payload = with_traceparent(payload, tp)
                     encoded = [(t.destination, payload) for t in routed]
                 else:
                     encoded = [(t.destination, t.encoder.encode(ev)) for t in routed]
+                    if tp is not None:
+                        encoded = [(dest, with_traceparent(payload, tp)) for dest, payload in encoded]
             except Exception:
                 out.rejected.append((i, _encoder_failure(ev, routed)))
                 continue
-            tp = traceparent_of(m.headers)
-            if tp is not None:  # W3C trace context passed through, in each record (router/tracing.py)
-                encoded = [(dest, with_traceparent(payload, tp)) for dest, payload in encoded]
             for t in routed:
                 out.routed[t.route, t.destination] += 1
             at = published[i] if published else 0

@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from router.jetstream import message_frames
 from router.jetstream.message_frames import Delivery, Handler
 
-__all__ = ["Delivery", "subscribe_direct"]
+__all__ = ["Delivery", "subscribe_direct", "unsubscribe_direct"]
 
 _DIRECT = hasattr(Client, "_process_msg") and hasattr(Client, "_process_headers")
 
@@ -45,7 +45,7 @@ def _table(nc: Client) -> dict[int, Handler]:
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
         hdr = await nc._process_headers(headers) if headers else None  # noqa: SLF001
-        handler(Delivery(subject.decode(), reply.decode(), data, hdr))
+        message_frames.hand_over(handler, Delivery(subject.decode(), reply.decode(), data, hdr))
 
     nc._process_msg = process_msg  # type: ignore[method-assign]  # noqa: SLF001
     if message_frames.supported:
@@ -56,7 +56,7 @@ def _table(nc: Client) -> dict[int, Handler]:
 
 async def subscribe_direct(nc: Client, subject: str, handler: Handler) -> Any:
     """Subscribe; every message on it goes to ``handler`` (synchronously, in arrival order).
-    Returns the subscription (``unsubscribe`` as usual)."""
+    Returns the subscription, to end with ``unsubscribe_direct``."""
     async def cb(msg: Msg) -> None:  # with the hook, only for a message that came before it was in place
         handler(Delivery(msg.subject, msg.reply, msg.data, msg.headers))
 
@@ -66,3 +66,9 @@ async def subscribe_direct(nc: Client, subject: str, handler: Handler) -> Any:
     sub = await nc.subscribe(subject, cb=cb)
     table[sub._id] = handler  # noqa: SLF001
     return sub
+
+
+async def unsubscribe_direct(nc: Client, sub: Any) -> None:
+    """Unsubscribe, and drop the handler: nothing reaches it after this, and it is not kept alive."""
+    getattr(nc, "_router_direct", {}).pop(sub._id, None)  # noqa: SLF001
+    await sub.unsubscribe()

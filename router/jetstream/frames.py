@@ -8,8 +8,9 @@ else the client sends, and reconnects buffer them like any publish. What goes in
 subjects come from the server, subjects from the validated config, header names are the router's
 own; header values have line breaks taken out, as nats-py does.
 
-This uses two internals of nats-py (``_send_command``, ``_flush_pending``, stable since 2.0); a
-client without them gets the messages one ``publish`` at a time, the same on the wire.
+This uses internals of nats-py (``_send_command``, ``_flush_pending``, the reconnect buffer's size
+and limit, stable since 2.0); a client without them gets the messages one ``publish`` at a time,
+the same on the wire.
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from typing import Iterable, Mapping, Sequence
 import nats.errors
 from nats.aio.client import Client
 
-__all__ = ["header_block", "publish_frames", "send", "write_frames"]
+__all__ = ["NEWLINES", "header_block", "publish_frames", "send", "write_frames"]
 
-_NEWLINES = str.maketrans("", "", "\r\n")
-_FAST = hasattr(Client, "_send_command") and hasattr(Client, "_flush_pending")
+NEWLINES = str.maketrans("", "", "\r\n")  # header values lose line breaks (``str.translate``)
+_FAST = all(hasattr(Client, a) for a in ("_send_command", "_flush_pending", "is_draining_pubs"))
 
 
 def header_block(headers: Mapping[str, str]) -> bytes:
     """``NATS/1.0`` and the headers, as a message carries them."""
-    return ("NATS/1.0\r\n" + "".join(f"{k}: {v.translate(_NEWLINES)}\r\n" for k, v in headers.items())
+    return ("NATS/1.0\r\n" + "".join(f"{k}: {v.translate(NEWLINES)}\r\n" for k, v in headers.items())
             + "\r\n").encode()
 
 
@@ -56,10 +57,18 @@ def publish_frames(subjects: Iterable[str], reply: str, payloads: Sequence[bytes
 
 async def write_frames(nc: Client, frames: bytes, count: int) -> None:
     """Hand ``count`` framed messages to the client's write buffer and have it flushed."""
+    # The checks nats-py's ``publish`` makes: closed, draining, and while reconnecting no more
+    # than the client's reconnect buffer (``pending_size``) may wait to be sent.
     if nc.is_closed:
         raise nats.errors.ConnectionClosedError
+    if nc.is_draining_pubs:
+        raise nats.errors.ConnectionDrainingError
+    if not nc.is_connected and (nc._max_pending_size <= 0  # noqa: SLF001
+                                or len(frames) + nc._pending_data_size > nc._max_pending_size):  # noqa: SLF001
+        raise nats.errors.OutboundBufferLimitError
     await nc._send_command(frames)  # noqa: SLF001 (see the module docstring)
     nc.stats["out_msgs"] += count
+    nc.stats["out_bytes"] += len(frames)
     if nc._flush_queue is not None and nc._flush_queue.empty():  # noqa: SLF001
         await nc._flush_pending()  # noqa: SLF001
 

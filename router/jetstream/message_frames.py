@@ -14,12 +14,17 @@ nats-py keeps there (buffer, a message half read) stays the one both read from.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 from nats.protocol import parser as nats_parser
 
-__all__ = ["Delivery", "Handler", "install", "supported"]
+__all__ = ["Delivery", "Handler", "hand_over", "install", "supported"]
 
+log = logging.getLogger(__name__)
+
+
+BIG_PAYLOAD = 64 * 1024  # a message this large, not all here yet, is left to nats-py's parser
 
 supported = all(hasattr(nats_parser, n) for n in ("Parser", "AWAITING_CONTROL_LINE", "MAX_CONTROL_LINE_SIZE"))
 
@@ -34,6 +39,15 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], None]
+
+
+def hand_over(handler: Handler, msg: Delivery) -> None:
+    """Call a handler from inside the connection's read loop: an exception must not escape, or
+    nats-py's read loop stops and every subscription of the connection goes quiet."""
+    try:
+        handler(msg)
+    except Exception:  # noqa: BLE001 - logged; the message is the handler's to lose (JetStream redelivers)
+        log.exception("nats: a direct subscription's handler failed on a message to %s", msg.subject)
 
 
 def install(nc: Any, table: dict[int, Handler]) -> None:
@@ -86,8 +100,13 @@ def install(nc: Any, table: dict[int, Handler]) -> None:
                     await usual(ps)  # nats-py's parser takes it from here (and says what is wrong)
                     return
                 start = line_end + 2
-                if start + total + 2 > end:
-                    break  # its payload is on its way
+                if start + total + 2 > end:  # its payload is on its way
+                    if total > BIG_PAYLOAD:  # nats-py's parser waits for it without copying the buffer each read
+                        del held[:pos]
+                        pos = 0
+                        await usual(ps)
+                        return
+                    break
                 payload = buf[start + header_len:start + total]
                 pos = start + total + 2
                 handler = get(sid)
@@ -100,7 +119,7 @@ def install(nc: Any, table: dict[int, Handler]) -> None:
                 count += 1
                 size += len(payload)
                 hdr = await nc._process_headers(buf[start:start + header_len]) if header_len else None  # noqa: SLF001
-                handler(Delivery(args[1].decode(), reply.decode(), payload, hdr))
+                hand_over(handler, Delivery(args[1].decode(), reply.decode(), payload, hdr))
         finally:
             stats["in_msgs"] += count
             stats["in_bytes"] += size

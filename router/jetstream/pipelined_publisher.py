@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import orjson
 from nats.aio.client import Client
 
 from router.jetstream import frames
-from router.jetstream.direct_subscription import Delivery, subscribe_direct
+from router.jetstream.direct_subscription import Delivery, subscribe_direct, unsubscribe_direct
 
 __all__ = ["PipelinedPublisher", "PublishError"]
 
@@ -48,7 +48,7 @@ class PipelinedPublisher:
 
     async def close(self) -> None:
         if self._sub is not None:
-            await self._sub.unsubscribe()
+            await unsubscribe_direct(self._nc, self._sub)
 
     def _on_ack(self, msg: Delivery) -> None:
         p = self._pending.get(msg.subject)
@@ -67,7 +67,7 @@ class PipelinedPublisher:
             p.future.set_result(None)
 
     async def publish(self, subject: str | Sequence[str], payloads: Sequence[bytes],
-                      headers: Sequence[dict[str, str] | None], timeout: float) -> None:
+                      headers: Sequence[Mapping[str, str] | bytes | None], timeout: float) -> None:
         """Publish every payload (to one subject, or one subject each); raises ``PublishError``
         (or ``asyncio.TimeoutError``) unless the stream acked them all."""
         if not payloads:

@@ -19,7 +19,7 @@ import orjson
 from nats.aio.client import Client
 
 from router.jetstream import frames
-from router.jetstream.direct_subscription import Delivery, subscribe_direct
+from router.jetstream.direct_subscription import Delivery, subscribe_direct, unsubscribe_direct
 
 from router.jetstream.partitions import strip_partition
 
@@ -73,6 +73,7 @@ class PullConsumer:
         self._want = 0
         self._done: asyncio.Future | None = None
         self._fill = True  # wait for a full batch (until ``expires``), or return once the stream has no more
+        self._request = ""  # reply subject of the last pull request: only its end ends a fetch
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
@@ -82,10 +83,9 @@ class PullConsumer:
         """Unsubscribe; deliveries that came after the last fetch returned are NAKed, so the next
         reader gets them at once rather than after ``ack_wait``."""
         if self._sub is not None:
-            await self._sub.unsubscribe()
+            await unsubscribe_direct(self._nc, self._sub)
         left, self._batch = self._batch, []
-        if left:
-            await frames.send(self._nc, [m.reply for m in left], "", [NAK] * len(left), [None] * len(left))
+        await self._reply(left, [NAK] * len(left))
 
     def _on_msg(self, msg: Delivery) -> None:
         if msg.reply:
@@ -99,6 +99,8 @@ class PullConsumer:
             elif not self._fill and pending_count(msg.reply) == 0:  # after the rest of this read is in
                 asyncio.get_running_loop().call_soon(self._finish)
             return
+        if msg.subject != self._request:
+            return  # the end of an earlier request (one a fetch returned before): this fetch goes on
         status = msg.headers.get("Status", "") if msg.headers else ""
         if status in ("404", "408"):  # nothing (more) for now, or the request expired
             self._finish()
@@ -111,8 +113,8 @@ class PullConsumer:
             self._done.set_result(None)
 
     def hurry(self) -> None:
-        """The fetch under way (or the next) need not fill its batch: it returns as soon as the
-        stream has no more messages pending (see ``fetch``)."""
+        """The fetch under way need not fill its batch: it returns as soon as the stream has no
+        more messages pending (see ``fetch``)."""
         self._fill = False
         if self._batch and pending_count(self._batch[-1].reply) == 0:
             self._finish()
@@ -131,7 +133,8 @@ class PullConsumer:
             self._want = batch
             self._done = asyncio.get_running_loop().create_future()
             request = orjson.dumps({"batch": want, "expires": int(expires * 1e9)})
-            await self._nc.publish(self._next_subject, request, reply=f"{self._inbox}.{next(self._ids)}")
+            self._request = f"{self._inbox}.{next(self._ids)}"
+            await self._nc.publish(self._next_subject, request, reply=self._request)
             try:
                 await asyncio.wait_for(self._done, expires + 2.0)
             except asyncio.TimeoutError:
@@ -144,11 +147,20 @@ class PullConsumer:
 
     async def ack_many(self, msgs: list[Delivery]) -> None:
         """Ack each message; one write for all of them."""
+        await self._reply(msgs, [ACK] * len(msgs))
+
+    async def settle_each(self, msgs: list[Delivery], failed: set[int], delay: float) -> None:
+        """NAK (redeliver after ``delay``) the messages at the indexes in ``failed``, ack the others; one write."""
+        nak = NAK + b" " + orjson.dumps({"delay": int(delay * 1e9)})
+        await self._reply(msgs, [nak if i in failed else ACK for i in range(len(msgs))])
+
+    async def in_progress_many(self, msgs: list[Delivery]) -> None:
+        """Restart the ack timer of each message (still being worked on); one write."""
+        await self._reply(msgs, [PROGRESS] * len(msgs))
+
+    async def _reply(self, msgs: list[Delivery], payloads: list[bytes]) -> None:
         if msgs:
-            await frames.send(self._nc, [m.reply for m in msgs], "", [ACK] * len(msgs), [None] * len(msgs))
+            await frames.send(self._nc, [m.reply for m in msgs], "", payloads, [None] * len(msgs))
 
     async def nak(self, msg: Delivery, delay: float) -> None:
         await self._nc.publish(msg.reply, NAK + b" " + orjson.dumps({"delay": int(delay * 1e9)}))
-
-    async def in_progress(self, msg: Delivery) -> None:
-        await self._nc.publish(msg.reply, PROGRESS)

@@ -14,6 +14,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from router.config_base import DestinationBase, Subject
+from router.jetstream.frames import NEWLINES
 from router.jetstream.pipelined_publisher import PipelinedPublisher, PublishError
 
 from router.sinks.kind import SinkKind
@@ -52,14 +53,12 @@ def record_headers(keys: list[str], payloads: list[bytes], revision: int) -> lis
         rec = record_trace(p)
         trace = ""
         if rec.correlation_id:
-            trace = f"{CORRELATION_ID}: {rec.correlation_id.translate(_NEWLINES)}\r\n"
+            trace = f"{CORRELATION_ID}: {rec.correlation_id.translate(NEWLINES)}\r\n"
             if rec.traceparent:
                 trace += f"{TRACEPARENT}: {rec.traceparent}\r\n"
         out.append(f"NATS/1.0\r\n{NATS_MSG_ID}: {k}\r\n{trace}{rev}\r\n".encode())
     return out
 
-
-_NEWLINES = str.maketrans("", "", "\r\n")
 
 
 class NatsSink:
@@ -82,11 +81,11 @@ class NatsSink:
         subject = self.cfg.subject
         assert subject is not None
         try:
-            rev = {ROUTES_REVISION: str(revision)} if revision else {}
             if self.cfg.jetstream:
                 await self._publisher.publish(subject, payloads, record_headers(keys, payloads, revision),
                                               self.cfg.timeout)
             else:
+                rev = {ROUTES_REVISION: str(revision)} if revision else {}
                 for p in payloads:
                     await self._nc.publish(subject, p, headers={IDEMPOTENCY_KEY: batch_id, **trace_headers(p), **rev})
                 await self._nc.flush(timeout=self.cfg.timeout)
