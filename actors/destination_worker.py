@@ -79,7 +79,7 @@ class DestinationWorker:
                                            gate=gate, make_limiter=self._limiter)
                 await started.start()
                 self._shard = started
-                tune_gc()  # what start-up built (the dedup index loaded from the journal) stays
+                tune_gc()  # what start-up built (modules, Ray, the shard) stays for the life of the process
         return self._shard
 
     def _limiter(self, dest: Any) -> Any:

@@ -6,7 +6,9 @@ On one embedded nats-server, with the same backlog for each path:
   (b) plain    - nats-py ``pull_subscribe`` + ``fetch(1000)``, msgspec decode, ack per message;
   (c) router   - the whole router: decode, durable dedup, routing, fan-out to three
                  destinations, counted at the destinations: once to NATS streams, once to the
-                 HTTP emulators with batching.
+                 HTTP emulators with batching;
+  (d) ordering - the same fan-out as one route per event family, with ordering keys and
+                 priority lanes off and then on: what they cost.
 Then a backlog drain for memory, and end-to-end latency (p50 / p99) at half the router's rate.
 Every phase also counts the CPU seconds each role spent per 1,000 source events (nats-server,
 ingest actors, sink actors, the HTTP emulators, the benchmark's own process, the rest of Ray), so
@@ -413,11 +415,11 @@ PHASES = {  # key in bench.json -> row in the printed table
     "b_plain": "(b) plain nats-py",
     "c_router_nats": "(c) router, 3 NATS destinations",
     "c_router_http": "(c) router, 3 HTTP destinations",
-    "ordering_off": "(d) 1 ingest actor, no order",
+    "ordering_off": "(d) families, no order",
     "ordering_on": "(d) the same, ordering + lanes",
-    "latency": "latency run (publish + route)",
     "publish_backlog": "publish the backlog",
     "backlog_drain": "backlog drain",
+    "latency": "latency run (publish + route)",
 }
 
 

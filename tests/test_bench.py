@@ -17,6 +17,12 @@ def test_small_benchmark_runs_and_writes_its_results(tmp_path):
                 "backlog_drain_msgs_per_s"):
         assert r[key] > 0, key
     assert r["latency_at_half_load"]["measured"] > 0
+    assert r["d_ordering_msgs_per_s"]["off"] > 0 and r["d_ordering_msgs_per_s"]["on"] > 0
+    assert 0 < r["dedup_index"]["bytes_per_key"] < 64
+    # Ray's process titles still tell the actors apart (a change there would charge them to "ray other")
+    cpu = r["cpu_by_role"]["c_router_nats"]["cpu_s"]
+    assert cpu["ingest_actors"] > 0 and cpu["sink_actors"] > 0, cpu
+    assert r["pss_by_role_at_peak_mib"]["router_nats_run"].get("sink_actors", 0) > 0
     assert r["peak_rss_mib"]["router_nats_run"] >= r["peak_pss_mib"]["router_nats_run"] > 0 and r["machine"]["cpus"] >= 1
     assert (out / "bench.png").stat().st_size > 10_000
     assert "(c) router, 3 NATS destinations" in res.stdout

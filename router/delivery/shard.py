@@ -254,7 +254,7 @@ class DestinationShard:
             # (Nagle's rule): under load that fills batches, and an idle destination gets the records
             # at once instead of ``linger`` later.
             wait = intake.oldest(lanes) + self.cfg.batch.linger - self._clock()
-            if not intake.is_full() and wait > 0 and not self._closing and self._sending:
+            if not intake.is_full() and wait > 0 and not self._closing and self.concurrency.in_flight:
                 intake.wakeup.clear()
                 try:
                     await asyncio.wait_for(intake.wakeup.wait(), wait)
@@ -405,7 +405,7 @@ class DestinationShard:
             if not from_park:  # a batch cut from the queue held its ordering keys (replays go one by one)
                 self.intake.release(whole)
             await self.concurrency.release()
-            self.intake.wakeup.set()  # a partial batch that waited for this one may go now
+            self.intake.wakeup.set()  # a partial batch that waited for this one may go now (its slot is free)
 
     async def _behind(self, first: list[PendingRecord], second: list[PendingRecord]) -> list[PendingRecord]:
         """After the first half of a split ordered batch: records of the second half whose sequence
