@@ -6,8 +6,9 @@ from collections import Counter
 
 import pytest
 
-from router.config import Destination, RetryConfig, parse_section
+from router.config import BatchConfig, Destination, RetryConfig, parse_section
 from router.delivery.dedup_index import DedupIndex
+from router.delivery.intake import Completion, Intake
 from router.delivery.key_hash import key_hash
 from router.delivery.lanes import HIGH, LOW, NORMAL, LaneScheduler
 from router.delivery.memory_ports import MemoryDeadLetters, MemoryJournal, MemoryParking, ScriptedSink
@@ -444,7 +445,7 @@ def lane_recs(lane: int, *keys, skus: int = 0):
     """``skus``: the records' ordering keys cycle over this many (0: none)."""
     batch = RecordBatch()
     for k in keys:
-        okey = int(k.strip("lowhigh")) % skus + 1 if skus else 0
+        okey = int("".join(c for c in k if c.isdigit())) % skus + 1 if skus else 0
         batch.append(k, b'{"idempotency_key":"%s"}' % k.encode(), "src/1", order_key=okey, lane=lane)
     return batch
 
@@ -459,6 +460,20 @@ def test_lane_scheduler_gives_each_waiting_lane_its_share_and_an_idle_lane_gives
     assert picks[HIGH] == pytest.approx(700, abs=15) and picks[NORMAL] == pytest.approx(200, abs=15)
     assert picks[LOW] == pytest.approx(100, abs=15)
     assert all(sched.pick([LOW]) == LOW for _ in range(3))  # alone, a lane takes every turn
+
+
+def test_a_park_replay_does_not_wait_for_a_lane_whose_records_go_to_the_park():
+    """Queued records of a lane that is behind the park (they will be parked, not sent) do not take
+    the turn from a replay: else the replay waits on records that never go to the destination."""
+    async def go():
+        intake = Intake(DedupIndex(3600, 1000), parse_section({}, BatchConfig))
+        adm = intake.admit(lane_recs(HIGH, *[f"high{i}" for i in range(50)]))
+        intake.enqueue(adm.fresh, 0, Completion(len(adm.fresh), asyncio.get_running_loop().create_future()), 0.0)
+        return intake.my_turn(LOW, 10), intake.my_turn(LOW, 10, frozenset({HIGH}))
+
+    competing, behind_the_park = run_simulated(go())
+    assert not competing  # queued high records to send go first
+    assert behind_the_park
 
 
 def test_high_goes_before_low_while_the_destination_cannot_keep_up_and_low_keeps_its_share():

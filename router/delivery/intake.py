@@ -166,10 +166,11 @@ class Intake:
             waiting.remove(lane)  # every record of it waits for its sequence's batch on its way
         return []
 
-    def my_turn(self, lane: int, n: int) -> bool:
+    def my_turn(self, lane: int, n: int, exclude: frozenset[int] = frozenset()) -> bool:
         """Whether ``n`` records of ``lane`` from elsewhere (the park) may go now rather than leave the
-        turn to a queued lane; charged to the lane when they may."""
-        waiting = self.waiting_lanes()
+        turn to a queued lane (lanes in ``exclude`` do not compete: their records go to the park);
+        charged to the lane when they may."""
+        waiting = self.waiting_lanes(exclude)
         if lane not in waiting:
             waiting.append(lane)
         if self.scheduler.pick(waiting) != lane:

@@ -381,7 +381,7 @@ class DestinationShard:
         """Parked records take their lane's turn against the queued lanes: a low-priority backlog in
         the park gets its share, and no more, while orders queue."""
         lane = max(i.lane for i in chunk)
-        while not self._closing and not self.intake.my_turn(lane, len(chunk)):
+        while not self._closing and not self.intake.my_turn(lane, len(chunk), self._lanes_to_park()):
             self.intake.turned.clear()
             try:
                 await asyncio.wait_for(self.intake.turned.wait(), 0.05)
