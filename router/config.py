@@ -402,20 +402,26 @@ def check_references(cfg: Config, file: str, routes_file: str) -> None:
                                   "ingest_actors: 1 and no max_ingest_actors")
 
 
-def _check_sequence_lanes(cfg: Config, routes_file: str) -> None:
+def sequence_lane_problems(routes: list[Route]) -> list[tuple[int, str]]:
     """A sequence waits in one lane: routes with the same ordering key to the same destination share a
-    priority (in two lanes, a later record could overtake an earlier one)."""
+    priority (in two lanes, a later record could overtake an earlier one). (route index, message)."""
     lanes: dict[tuple[str, tuple[str, ...]], tuple[str, str]] = {}
-    for i, route in enumerate(cfg.route_list):
+    problems = []
+    for i, route in enumerate(routes):
         if not route.ordering_key:
             continue
         for dest in route.destinations:
             first = lanes.setdefault((dest, tuple(route.ordering_key)), (route.name, route.priority))
             if first[1] != route.priority:
-                raise ConfigError(routes_file, f"routes[{i}].priority",
-                                  f"`{route.priority}`, but route `{first[0]}` sends the same ordering key "
-                                  f"{route.ordering_key} to `{dest}` as `{first[1]}`: one sequence needs one "
-                                  f"priority; expected `{first[1]}`")
+                problems.append((i, f"`{route.priority}`, but route `{first[0]}` sends the same ordering key "
+                                    f"{route.ordering_key} to `{dest}` as `{first[1]}`: one sequence needs one "
+                                    f"priority; expected `{first[1]}`"))
+    return problems
+
+
+def _check_sequence_lanes(cfg: Config, routes_file: str) -> None:
+    for i, message in sequence_lane_problems(cfg.route_list)[:1]:
+        raise ConfigError(routes_file, f"routes[{i}].priority", message)
 
 
 def parse_section(raw: Any, tp: Any, file: str = "<config>", path: str = "") -> Any:

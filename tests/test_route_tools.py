@@ -67,6 +67,19 @@ def lines_of(report) -> list[str]:
     return [str(p) for p in report.problems]
 
 
+def test_a_sequence_in_two_lanes_is_refused_by_the_check_as_by_the_router(tmp_path):
+    f = tmp_path / "routes.yaml"
+    f.write_text(yaml.safe_dump({"routes": [
+        {"name": "created", "match": {"types": ["order.created"]}, "destinations": ["erp"],
+         "ordering_key": ["data.order_id"], "priority": "high"},
+        {"name": "cancelled", "match": {"types": ["order.cancelled"]}, "destinations": ["erp"],
+         "ordering_key": ["data.order_id"], "priority": "low"},
+    ]}, sort_keys=False))
+    report = check_routes(f)  # the routes file alone: no config needed to see it
+    assert [p.path for p in report.errors] == ["routes[1].priority"], lines_of(report)
+    assert "one sequence needs one priority; expected `high`" in report.errors[0].message
+
+
 def test_every_error_is_reported_at_once_with_its_line(tmp_path):
     f = tmp_path / "routes.yaml"
     f.write_text(BROKEN_ROUTES)

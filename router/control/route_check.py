@@ -30,7 +30,8 @@ import msgspec
 
 from router.codecs import ENCODERS
 from router.codecs.models import MODEL_BY_FAMILY
-from router.config import Config, ConfigError, Match, Predicate, Route, Source, parse_config, read_yaml_text
+from router.config import (Config, ConfigError, Match, Predicate, Route, Source, parse_config, read_yaml_text,
+                           sequence_lane_problems)
 from router.config_base import Name, dec_hook
 from router.control.yaml_lines import LineIndex
 from router.sinks import SINK_KINDS, DestinationConfig
@@ -258,6 +259,9 @@ class _Checker:
             if p.match is not None:
                 self._types(p.match, file, p.at)
                 self._where(p.match, p.where, file, p.at)
+        valid = [p for p in parts if p.rest is not None]
+        for i, message in sequence_lane_problems([p.rest for p in valid]):
+            self.add("error", file, f"{valid[i].at}.priority", message)
 
     def _encoder(self, r: Route, match: Match | None, file: str, at: str) -> None:
         enc = ENCODERS.get(r.encoder)
