@@ -8,7 +8,6 @@ happens inside the first call, so an actor that Ray restarts is ready again by i
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from typing import Any
 
@@ -17,6 +16,7 @@ import ray
 from router.config import Config
 from router.control.gc_tuning import tune_gc
 from router.jetstream.dead_letters import DeadLetterPublisher
+from router.delivery.call_order import CallOrder
 from router.delivery.dedup_index import DedupIndex
 from router.jetstream.dedup_journal import DedupJournal
 from router.delivery.shard import DestinationShard, ShardPorts
@@ -32,8 +32,6 @@ from router.actors.destination_limits import RayLimits
 __all__ = ["DestinationWorker"]
 
 _TURN_WAIT = 5.0  # seconds a call waits for an earlier call of the same ingest actor that has not come
-
-log = logging.getLogger(__name__)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=10_000)
@@ -53,9 +51,7 @@ class DestinationWorker:
         self._nc = None
         self.loaded_keys = 0
         self.revision = revision  # of the live config whose settings ``dest`` holds
-        self._turns: dict[str, int] = {}  # ingest actor -> the next call of its to take its place
-        self._arrived: dict[str, set[int]] = {}  # ingest actor -> its calls here still waiting for their turn
-        self._turn_changed = asyncio.Event()
+        self._call_order = CallOrder(f"{destination}/{shard}", _TURN_WAIT)  # per ingest actor, its calls in order
 
     async def _ready(self) -> DestinationShard:
         if self._shard is not None:
@@ -109,40 +105,14 @@ class DestinationWorker:
         records = RecordBatch.decode(batch)
         if not sender:
             return await shard.submit(records, records.revision)
-        self._arrived.setdefault(sender, set()).add(seq)
-        await self._turn(sender, seq, seq if floor is None else min(floor, seq))
-        self._arrived[sender].discard(seq)
+        await self._call_order.wait_turn(sender, seq, seq if floor is None else min(floor, seq))
         admitted = asyncio.get_running_loop().create_future()
         task = asyncio.get_running_loop().create_task(shard.submit(records, records.revision, admitted))
         try:
             await asyncio.wait([admitted, task], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._next_turn(sender, seq)
+            self._call_order.done(sender, seq)
         return await task
-
-    async def _turn(self, sender: str, seq: int, floor: int) -> None:
-        turns = self._turns
-        if sender not in turns:
-            turns[sender] = floor  # a new or restarted ingest actor, or this actor was restarted
-        deadline = asyncio.get_running_loop().time() + _TURN_WAIT
-        while turns[sender] < seq:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0 and turns[sender] in self._arrived.get(sender, ()):
-                deadline += _TURN_WAIT  # the call before is here and waits for its place: wait for it
-                continue
-            if remaining <= 0:
-                log.warning("%s/%d: call %d of %s waited %.0fs for call %d; going on", self.name, self.shard,
-                            seq, sender, _TURN_WAIT, turns[sender])
-                return
-            self._turn_changed.clear()
-            try:
-                await asyncio.wait_for(self._turn_changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
-
-    def _next_turn(self, sender: str, seq: int) -> None:
-        self._turns[sender] = max(self._turns.get(sender, 0), seq + 1)
-        self._turn_changed.set()
 
     async def reconfigure(self, dest: Any, revision: int) -> None:
         """New settings for this destination, applied in place (see ``DestinationShard.reconfigure``)."""

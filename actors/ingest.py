@@ -25,7 +25,7 @@ from router.control.logging_setup import configure_from_environment
 from router.jetstream.dead_letters import DeadLetterPublisher
 from router.ingest.plan import IngestPlanner
 from router.jetstream.connection import connect
-from router.jetstream.pull_consumer import PullConsumer, published_ns, stream_seq
+from router.jetstream.pull_consumer import PullConsumer, seqs_and_published
 from router.jetstream.streams import rewind_to_ack_floor
 from router.ingest.routing import RouteTable
 from router.slo import WorkflowTagger, parse_slos
@@ -204,8 +204,7 @@ class IngestActor:
             window.release()
 
     async def _route_and_settle(self, msgs: list[Any], dlq: DeadLetterPublisher) -> None:
-        seqs = [stream_seq(m.reply) for m in msgs]
-        published = [published_ns(m.reply) for m in msgs]
+        seqs, published = seqs_and_published(m.reply for m in msgs)
         planner, workers = self.planner, self.workers  # one revision for the whole batch
         try:
             plan = planner.plan(msgs, seqs, published)

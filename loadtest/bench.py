@@ -34,6 +34,7 @@ import nats
 import numpy as np
 import orjson
 import psutil
+import ray
 from nats.js import api
 
 from router.codecs.envelope import Envelope
@@ -41,7 +42,7 @@ from router.config import Config, parse_config
 from router.delivery.dedup_index import DedupIndex
 from router.jetstream.embedded_server import EmbeddedNats, nats_server_binary
 from router.jetstream.pull_consumer import PullConsumer
-from router.control.supervisor import Supervisor
+from router.control.supervisor import Supervisor, init_ray
 
 from .fast_publisher import publish_pipelined
 from .retail_events import RetailEventFactory
@@ -197,6 +198,29 @@ class CpuPhase:
             work[role] += cpu - base
             startup[role] += base - begin
         return work, startup
+
+
+async def ray_idle_baseline(cfg: Config, sampler: MemorySampler) -> dict[str, float]:
+    """Ray's own memory in this run: its daemons, as many idle actors as ``cfg`` starts and this
+    process, sampled like the router's runs. The router's memory is its share above this."""
+    init_ray(cfg)
+    actors = sum(s.ingest_actors for s in cfg.sources) + sum(d.pool_size for d in cfg.destinations.values())
+
+    # Defined here, not at module level: pickled by value, so an idle worker imports nothing of the router.
+    @ray.remote(num_cpus=0)
+    class IdleActor:
+        def ready(self) -> bool:
+            return True
+
+    idle = [IdleActor.remote() for _ in range(actors)]
+    await asyncio.gather(*(a.ready.remote() for a in idle))
+    sampler.peak = sampler.peak_pss = sampler._samples = 0
+    for _ in range(3):  # a worker settles in a second or two after its first call
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(sampler.sample)
+    for a in idle:
+        ray.kill(a)
+    return {"actors": actors, "rss_mib": sampler.peak / 2**20, "pss_mib": sampler.peak_pss / 2**20}
 
 
 def _per_1000(cpu: dict[str, float], events: int) -> dict[str, float]:
@@ -461,10 +485,15 @@ async def _bench(events: int, backlog: int, latency_seconds: float, out: Path) -
         phase("b_plain", events, cpu_phase.end())
         _say(f"    {b:,.0f} msgs/s")
 
+        cfg = _router_config(server.url, "BENCH", ["bench.>"], "router-nats", "nats")
+        _say("Ray's idle baseline: its daemons and as many idle actors as the router starts ...")
+        baseline = await ray_idle_baseline(cfg, MemorySampler(excluded))
+        _say(f"    {baseline['rss_mib']:,.0f} MiB RSS, {baseline['pss_mib']:,.0f} MiB PSS "
+             f"({baseline['actors']} idle actors and this process)")
+
         _say("(c) router end to end, three NATS destinations ...")
         await _add_dest_streams(js, "")
         sampler = MemorySampler(excluded)
-        cfg = _router_config(server.url, "BENCH", ["bench.>"], "router-nats", "nats")
         c_nats, sup, used = await _run_router(cfg, events, lambda: _dest_counts_nats(js, ""), "(c) nats", sampler,
                                               fixed)
         phase("c_router_nats", events, used)
@@ -546,6 +575,11 @@ async def _bench(events: int, backlog: int, latency_seconds: float, out: Path) -
             "peak_rss_mib": {"router_nats_run": mem_c / 2**20, "backlog_run": sampler_b.peak / 2**20},
             "peak_pss_mib": {"router_nats_run": sampler.peak_pss / 2**20, "backlog_run": sampler_b.peak_pss / 2**20},
             "pss_by_role_at_peak_mib": {"router_nats_run": sampler.at_peak, "backlog_run": sampler_b.at_peak},
+            "ray_idle_baseline_mib": baseline,
+            "above_ray_baseline_mib": {
+                run: {"rss": rss / 2**20 - baseline["rss_mib"], "pss": pss / 2**20 - baseline["pss_mib"]}
+                for run, rss, pss in (("router_nats_run", mem_c, sampler.peak_pss),
+                                      ("backlog_run", sampler_b.peak, sampler_b.peak_pss))},
             "dedup_keys_held": {"router_nats_run": keys_c, "backlog_run": keys_b},
             "dedup_index": dedup,
             "backlog_drain_msgs_per_s": c_backlog,
@@ -609,6 +643,11 @@ def run_bench(events: int = 200_000, backlog: int = 1_000_000, latency_seconds: 
     _say(f"peak memory of the router's processes, summed RSS / PSS: {mem['router_nats_run']:,.0f} / "
          f"{pss['router_nats_run']:,.0f} MiB ({r['events']:,} events), {mem['backlog_run']:,.0f} / "
          f"{pss['backlog_run']:,.0f} MiB (backlog of {r['backlog']:,})")
+    base, above = r["ray_idle_baseline_mib"], r["above_ray_baseline_mib"]
+    _say(f"  Ray's idle baseline in this run ({base['actors']} idle actors, its daemons, this process): "
+         f"{base['rss_mib']:,.0f} / {base['pss_mib']:,.0f} MiB; the router above it: "
+         f"{above['router_nats_run']['rss']:,.0f} / {above['router_nats_run']['pss']:,.0f} MiB ({r['events']:,} events), "
+         f"{above['backlog_run']['rss']:,.0f} / {above['backlog_run']['pss']:,.0f} MiB (backlog)")
     for run, roles in r["pss_by_role_at_peak_mib"].items():
         _say(f"  PSS at the peak, {run}: " + ", ".join(f"{ROLES.get(k, k)} {v:,.0f}" for k, v in sorted(roles.items()))
              + " MiB (bench: this process, the router's driver and the publisher before each run)")

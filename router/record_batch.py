@@ -12,6 +12,7 @@ from typing import Iterator
 
 import msgspec
 
+from router.delivery.key_hash import key_hash
 from router.delivery.lanes import NORMAL
 
 __all__ = ["RecordBatch"]
@@ -35,9 +36,12 @@ class RecordBatch(msgspec.Struct, array_like=True):
     # Per record, its priority lane (0 high, 1 normal, 2 low; see `priority` in the route table). Empty when
     # every record of the batch is normal.
     lanes: list[int] = msgspec.field(default_factory=list)
+    # Per record, its key's hash (``router/delivery/key_hash.py``), worked out once per event by the
+    # ingest actor instead of once per destination; used only when there is one for every record.
+    hashes: list[int] = msgspec.field(default_factory=list)
 
     def append(self, key: str, payload: bytes, origin: str, published: int = 0, order_key: int = 0,
-               lane: int = NORMAL) -> None:
+               lane: int = NORMAL, h: int | None = None) -> None:
         if order_key and len(self.order_keys) < len(self.keys):  # the first record with one: pad the column
             self.order_keys.extend([0] * (len(self.keys) - len(self.order_keys)))
         if lane != NORMAL and len(self.lanes) < len(self.keys):
@@ -50,6 +54,12 @@ class RecordBatch(msgspec.Struct, array_like=True):
             self.order_keys.append(order_key)
         if lane != NORMAL or self.lanes:
             self.lanes.append(lane)
+        if h is not None:
+            self.hashes.append(h)
+
+    def key_hashes(self) -> list[int]:
+        """Each record's key hash: the sender's, or worked out here if it did not send them all."""
+        return self.hashes if len(self.hashes) == len(self.keys) else [key_hash(k) for k in self.keys]
 
     def order_key_column(self) -> list[int] | itertools.repeat:
         """Each record's ordering key hash (0: none), to zip with the other columns."""

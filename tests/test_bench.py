@@ -24,5 +24,10 @@ def test_small_benchmark_runs_and_writes_its_results(tmp_path):
     assert cpu["ingest_actors"] > 0 and cpu["sink_actors"] > 0, cpu
     assert r["pss_by_role_at_peak_mib"]["router_nats_run"].get("sink_actors", 0) > 0
     assert r["peak_rss_mib"]["router_nats_run"] >= r["peak_pss_mib"]["router_nats_run"] > 0 and r["machine"]["cpus"] >= 1
+    # Ray and as many idle actors as the router runs, measured in the run: less than the router's
+    # peak, whose actors import the router (the short runs here may be sampled once or twice)
+    base = r["ray_idle_baseline_mib"]
+    assert base["actors"] == 4 and 0 < base["pss_mib"] < r["peak_pss_mib"]["backlog_run"], base
+    assert r["above_ray_baseline_mib"]["backlog_run"]["pss"] > 0
     assert (out / "bench.png").stat().st_size > 10_000
     assert "(c) router, 3 NATS destinations" in res.stdout

@@ -1,3 +1,6 @@
+import hashlib
+import uuid
+
 import msgspec
 import orjson
 import pytest
@@ -38,6 +41,12 @@ def test_correlation_id_generated_deterministically_when_absent():
     b = dec.decode(orjson.dumps(ORDER)).correlation_id
     assert a == b and len(a) == 36
     assert dec.decode(orjson.dumps({**ORDER, "correlation_id": "c-1"})).correlation_id == "c-1"
+    # The same id as every earlier release derived (redeliveries across an upgrade keep it): a
+    # version-4 UUID made of the key's 128-bit BLAKE2b hash.
+    for key in ("order-1", "k\u00e9y/\u65e5\u672c", "x" * 200):
+        digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+        got = dec.decode(orjson.dumps({**ORDER, "idempotency_key": key})).correlation_id
+        assert got == str(uuid.UUID(bytes=digest, version=4)), key
 
 
 def test_unknown_family_passes_with_generic_data():

@@ -295,12 +295,13 @@ def test_token_bucket_with_injected_clock():
 
 
 def test_ack_subjects_give_stream_sequence_and_delivery_count():
-    from router.jetstream.pull_consumer import delivery_count, stream_seq
+    from router.jetstream.pull_consumer import delivery_count, pending_count, seqs_and_published, stream_seq
 
     v1 = "$JS.ACK.RETAIL_ORDERS.router-orders.3.1042.977.1795440000000000000.12"
     v2 = "$JS.ACK.hub.ACCHASH.RETAIL_ORDERS.router-orders.3.1042.977.1795440000000000000.12.rnd"
     for reply in (v1, v2):
-        assert stream_seq(reply) == 1042 and delivery_count(reply) == 3
+        assert stream_seq(reply) == 1042 and delivery_count(reply) == 3 and pending_count(reply) == 12
+    assert seqs_and_published([v1, v2]) == ([1042, 1042], [1795440000000000000] * 2)
 
 
 # -- ordering keys ---------------------------------------------------------------------------------

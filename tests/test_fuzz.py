@@ -262,3 +262,21 @@ def test_planner_rejects_per_message_failures_and_plan_each_finds_the_one_at_fau
     assert [i for i, _ in each.rejected] == [1, 2, 3]
     assert each.rejected[2][1].startswith("planning failed: KeyError")
     assert {k: idx for k, (_, idx) in each.work.items()} == {("erp", 0): [0, 4]}
+
+
+def test_planner_sends_each_keys_hash_and_picks_the_shard_a_replay_would():
+    """The sink actors take the planner's key hashes as theirs (dedup index, journal), and a DLQ
+    replay or reconciliation picks a record's shard with ``shard_of``: both must agree."""
+    from router.delivery.key_hash import key_hash
+    from router.ingest.plan import IngestPlanner, shard_of
+    from router.loadtest.retail_events import RetailEventFactory
+
+    factory = RetailEventFactory(seed=3)
+    msgs = [_Msg(e.subject, e.payload) for e in (factory.mix() for _ in range(200))]
+    pools = {"erp": 3, "marketplace": 1, "carrier": 2}
+    planner = IngestPlanner("orders", DEFAULT_TABLE, pools)
+    for plan in (planner.plan(msgs, list(range(200))), planner.plan_each(msgs, list(range(200)))):
+        assert plan.work and not plan.rejected
+        for (dest, shard), (records, _) in plan.work.items():
+            assert records.hashes == [key_hash(k) for k in records.keys] == records.key_hashes()
+            assert all(shard_of(k, pools[dest]) == shard for k in records.keys), dest

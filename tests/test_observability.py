@@ -446,6 +446,8 @@ def test_nats_destination_messages_carry_the_correlation_id_header(clean, nats_s
         payloads = [orjson.dumps({"idempotency_key": f"k{i}", "correlation_id": f"c-{i}", "type": "order.created"})
                     for i in range(3)]
         payloads[1] = with_traceparent(payloads[1], TRACE)
+        # A line break in a correlation id would end the header and start one of the sender's choosing.
+        payloads[2] = orjson.dumps({"idempotency_key": "k2", "correlation_id": "c-2\r\nX-Injected: 1"})
         outcome = await sink.send("batch-1", ["k0", "k1", "k2"], payloads, revision=4)
         sub = await js.pull_subscribe("partner.orders", stream="PARTNER",
                                       config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE))
@@ -456,7 +458,8 @@ def test_nats_destination_messages_carry_the_correlation_id_header(clean, nats_s
 
     outcome, msgs = asyncio.run(scenario())
     assert isinstance(outcome, Delivered)
-    assert [m.headers[CORRELATION_ID] for m in msgs] == ["c-0", "c-1", "c-2"]
+    assert [m.headers[CORRELATION_ID] for m in msgs] == ["c-0", "c-1", "c-2X-Injected: 1"]
+    assert not any("X-Injected" in m.headers for m in msgs)
     assert [m.headers.get("traceparent") for m in msgs] == [None, TRACE, None]
     assert [m.headers["Nats-Msg-Id"] for m in msgs] == ["k0", "k1", "k2"]
 

@@ -13,8 +13,8 @@ import asyncio
 from typing import Any, Callable
 
 from router.config import BatchConfig
+from router.delivery.change_signal import ChangeSignal
 from router.delivery.dedup_index import DedupIndex
-from router.delivery.key_hash import key_hash
 from router.delivery.lanes import LANES, NORMAL, LaneScheduler
 
 __all__ = ["Admission", "Completion", "Intake", "PendingRecord"]
@@ -81,15 +81,15 @@ class Intake:
         # Ordering keys with a batch on its way: their later records wait, so a sequence is never
         # sent by two requests at once (the later could overtake the earlier, or its retries).
         self.busy: set[int] = set()
-        self.released = asyncio.Event()  # set whenever a batch gives its ordering keys back
-        self.turned = asyncio.Event()  # set whenever a lane's batch is taken: another lane's turn may be next
+        self.released = ChangeSignal()  # whenever a batch gives its ordering keys back
+        self.turned = ChangeSignal()  # whenever a lane's batch is taken: another lane's turn may be next
 
     def admit(self, records: Any) -> Admission:
         """``records``: a ``RecordBatch``."""
         out = Admission()
         seen: set[int] = set()
         in_flight, fresh = self.in_flight, out.fresh
-        hashes = [key_hash(k) for k in records.keys]
+        hashes = records.key_hashes()
         known = self.index.contains_many(hashes).tolist()  # one vectorised lookup for the batch
         for h, was_known, key, payload, origin, okey, lane in zip(
                 hashes, known, records.keys, records.payloads, records.origins, records.order_key_column(),
@@ -161,7 +161,7 @@ class Intake:
             batch = self._take_from(lane)
             if batch:
                 self.scheduler.charge(lane, len(batch))
-                self.turned.set()
+                self.turned.notify()
                 return batch
             waiting.remove(lane)  # every record of it waits for its sequence's batch on its way
         return []
@@ -227,7 +227,7 @@ class Intake:
             for i in batch:
                 self.busy.discard(i.okey)
             self.wakeup.set()
-            self.released.set()
+            self.released.notify()
 
     def ahead_of(self, okeys: set[int]) -> bool:
         """Whether a record of one of these ordering keys is queued or on its way: records of those

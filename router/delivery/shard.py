@@ -306,10 +306,10 @@ class DestinationShard:
         are queued or on their way reach the destination or the park first."""
         okeys = {f[4] for f in fresh if f[4]}
         while okeys and self.intake.ahead_of(okeys):
-            self.intake.released.clear()
+            released = self.intake.released.watch()
             self.intake.wakeup.set()
             try:
-                await asyncio.wait_for(self.intake.released.wait(), 0.5)
+                await asyncio.wait_for(released.wait(), 0.5)
             except asyncio.TimeoutError:
                 pass
 
@@ -382,9 +382,9 @@ class DestinationShard:
         the park gets its share, and no more, while orders queue."""
         lane = max(i.lane for i in chunk)
         while not self._closing and not self.intake.my_turn(lane, len(chunk), self._lanes_to_park()):
-            self.intake.turned.clear()
+            turned = self.intake.turned.watch()
             try:
-                await asyncio.wait_for(self.intake.turned.wait(), 0.05)
+                await asyncio.wait_for(turned.wait(), 0.05)
             except asyncio.TimeoutError:
                 pass
 

@@ -12,6 +12,7 @@ that does not raise.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from typing import Any, Protocol
 
@@ -19,7 +20,8 @@ from router.codecs import EventDecoder, InvalidEvent
 
 from router.delivery.key_hash import key_hash
 from router.record_batch import RecordBatch
-from router.ingest.routing import RouteTable, ordering_hash
+from router.delivery.lanes import NORMAL
+from router.ingest.routing import RouteTable, RouteTarget, ordering_hash
 from router.slo import WorkflowTagger
 from router.tracing import traceparent_of, with_traceparent
 
@@ -65,8 +67,11 @@ class IngestPlanner:
     def plan(self, msgs: list[Any], seqs: list[int], published: list[int] | None = None) -> BatchPlan:
         """``published``: each message's JetStream publish time (ns), carried for the latency metrics."""
         out = BatchPlan(self.revision)
-        decode, targets, pools, source = self.decoder.decode, self.table.targets, self.pool_sizes, self.source
-        workflows = self.workflows
+        decode, targets, source = self.decoder.decode, self.table.targets, self.source
+        workflows, work = self.workflows, out.work
+        # Per list of targets (the route table hands out one list per set of matched routes): what
+        # each target needs, worked out once a batch instead of once a record, and its event count.
+        prepared: dict[int, _Prepared] = {}
         for i, m in enumerate(msgs):
             try:
                 ev = decode(m.data, m.headers, m.subject)
@@ -84,33 +89,46 @@ class IngestPlanner:
             if not routed:
                 out.unrouted.append(i)
                 continue
-            origin = f"{source}/{seqs[i]}"
+            prep = prepared.get(id(routed))
+            if prep is None or prep.routed is not routed:  # it holds the list, so the id is not reused
+                prep = prepared[id(routed)] = _Prepared(routed, self.pool_sizes)
             tp = traceparent_of(m.headers)  # W3C trace context passed through, in each record (router/tracing.py)
             try:
-                first = routed[0].encoder
-                if all(t.encoder is first for t in routed):  # the usual fan-out: one encoding for all
-                    payload = first.encode(ev)
+                if prep.encoder is not None:  # the usual fan-out: one encoding for all
+                    payload = prep.encoder.encode(ev)
                     if tp is not None:
                         payload = with_traceparent(payload, tp)
-                    encoded = [(t.destination, payload) for t in routed]
+                    payloads = itertools.repeat(payload)
                 else:
-                    encoded = [(t.destination, t.encoder.encode(ev)) for t in routed]
+                    payloads = [t.encoder.encode(ev) for t in routed]
                     if tp is not None:
-                        encoded = [(dest, with_traceparent(payload, tp)) for dest, payload in encoded]
+                        payloads = [with_traceparent(p, tp) for p in payloads]
             except Exception:
                 out.rejected.append((i, _encoder_failure(ev, routed)))
                 continue
-            for t in routed:
-                out.routed[t.route, t.destination] += 1
-            at = published[i] if published else 0
-            for t, (dest, payload) in zip(routed, encoded):
-                # An ordering key picks the shard, so one shard sees each sequence whole, in order.
-                okey = ordering_hash(ev, t.ordering) if t.ordering else 0
-                records, idx = out.work[(dest, shard_of(ev.idempotency_key, pools[dest], okey))]
-                records.append(ev.idempotency_key, payload, origin, at, okey, t.lane)
+            prep.events += 1
+            key, origin, at = ev.idempotency_key, f"{source}/{seqs[i]}", published[i] if published else 0
+            h = key_hash(key)  # once here, not once per destination in the sink actors
+            for (dest, ordering, lane, pool), payload in zip(prep.targets, payloads):
+                # An ordering key picks the shard, so one shard sees each sequence whole, in order
+                # (``shard_of``, with the key's hash in hand).
+                okey = ordering_hash(ev, ordering) if ordering else 0
+                records, idx = work[(dest, 0 if pool == 1 else (okey or h) % pool)]
+                if okey or lane != NORMAL or records.order_keys or records.lanes:
+                    records.append(key, payload, origin, at, okey, lane, h)
+                else:  # RecordBatch.append, without its column padding (nothing to pad)
+                    records.keys.append(key)
+                    records.payloads.append(payload)
+                    records.origins.append(origin)
+                    records.published.append(at)
+                    records.hashes.append(h)
                 idx.append(i)
                 if workflows is not None:
                     records.workflow.append(workflows.index(ev.type, dest))
+        for prep in prepared.values():
+            if prep.events:
+                for t in prep.routed:
+                    out.routed[t.route, t.destination] += prep.events
         if workflows is not None:
             for records, _ in out.work.values():
                 records.workflows = workflows.table
@@ -132,14 +150,27 @@ class IngestPlanner:
                 out.routed[k] += n
             for shard_key, (records, _) in one.work.items():
                 into, idx = out.work[shard_key]
-                for n, (key, payload, origin, okey, lane) in enumerate(zip(
+                for n, (key, payload, origin, okey, lane, h) in enumerate(zip(
                         records.keys, records.payloads, records.origins, records.order_key_column(),
-                        records.lane_column())):
-                    into.append(key, payload, origin, records.published[n], okey, lane)
+                        records.lane_column(), records.key_hashes())):
+                    into.append(key, payload, origin, records.published[n], okey, lane, h)
                     idx.append(i)
                 into.workflow.extend(records.workflow)
                 into.workflows = records.workflows
         return out
+
+
+class _Prepared:
+    """A list of route targets, as the planner uses it."""
+
+    __slots__ = ("routed", "encoder", "targets", "events")
+
+    def __init__(self, routed: list[RouteTarget], pool_sizes: dict[str, int]) -> None:
+        self.routed = routed
+        first = routed[0].encoder
+        self.encoder = first if all(t.encoder is first for t in routed) else None  # one encoding for all
+        self.targets = [(t.destination, t.ordering, t.lane, pool_sizes[t.destination]) for t in routed]
+        self.events = 0  # events planned with it in this batch
 
 
 def _describe(exc: BaseException) -> str:

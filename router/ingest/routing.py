@@ -129,26 +129,45 @@ class RouteTable:
 
     def __init__(self, routes: list[Route]) -> None:
         self._routes = [_CompiledRoute(r) for r in routes]
-        self._cache: dict[tuple[str, str], list[_CompiledRoute]] = {}
+        # (subject, type) -> the routes that may match (by position in the table), and their targets
+        # when none has predicates
+        self._cache: dict[tuple[str, str], tuple[list[tuple[int, _CompiledRoute]], list[RouteTarget] | None]] = {}
+        self._unions: dict[tuple[int, ...], list[RouteTarget]] = {}  # positions of matched routes -> targets
         self.destinations = sorted({d for r in routes for d in r.destinations})
 
-    def _candidates(self, subject: str, type_: str) -> list[_CompiledRoute]:
+    def _candidates(self, subject: str, type_: str) -> tuple[list[tuple[int, _CompiledRoute]], list[RouteTarget] | None]:
         key = (subject, type_)
         hit = self._cache.get(key)
         if hit is None:
             if len(self._cache) >= self._CACHE_LIMIT:
                 self._cache.clear()
-            hit = self._cache[key] = [r for r in self._routes if r.static_match(subject, type_)]
+            routes = [(i, r) for i, r in enumerate(self._routes) if r.static_match(subject, type_)]
+            fixed = None if any(r.predicates for _, r in routes) else _union([r for _, r in routes])
+            hit = self._cache[key] = (routes, fixed)
         return hit
 
     def targets(self, ev: Event) -> list[RouteTarget]:
-        out: list[RouteTarget] = []
-        seen: set[str] = set()
-        for r in self._candidates(ev.subject, ev.type):
-            if r.predicates and not all(p(ev) for p in r.predicates):
-                continue
-            for t in r.targets:
-                if t.destination not in seen:
-                    seen.add(t.destination)
-                    out.append(t)
+        """The event's destinations, once each. Events that match the same routes get the same list
+        (the planner prepares and counts per list): do not change it."""
+        routes, fixed = self._candidates(ev.subject, ev.type)
+        if fixed is not None:
+            return fixed
+        matched = tuple(i for i, r in routes if all(p(ev) for p in r.predicates))
+        out = self._unions.get(matched)
+        if out is None:
+            if len(self._unions) >= self._CACHE_LIMIT:
+                self._unions.clear()
+            out = self._unions[matched] = _union([self._routes[i] for i in matched])
         return out
+
+
+def _union(routes: list[_CompiledRoute]) -> list[RouteTarget]:
+    """The targets of these routes, each destination once: the first route (file order) decides."""
+    out: list[RouteTarget] = []
+    seen: set[str] = set()
+    for r in routes:
+        for t in r.targets:
+            if t.destination not in seen:
+                seen.add(t.destination)
+                out.append(t)
+    return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Any
+from typing import Any, Iterable
 
 import orjson
 from nats.aio.client import Client
@@ -23,7 +23,7 @@ from router.jetstream.direct_subscription import Delivery, subscribe_direct, uns
 
 from router.jetstream.partitions import strip_partition
 
-__all__ = ["PullConsumer", "delivery_count", "pending_count", "stream_seq"]
+__all__ = ["PullConsumer", "delivery_count", "pending_count", "published_ns", "seqs_and_published", "stream_seq"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,20 @@ def published_ns(reply: str) -> int:
         return int(_tokens(reply)[7])
     except (IndexError, ValueError, AttributeError):
         return 0
+
+
+def seqs_and_published(replies: Iterable[str]) -> tuple[list[int], list[int]]:
+    """``stream_seq`` and ``published_ns`` of each ack subject, reading each once (per message, on
+    the ingest's hot path)."""
+    seqs, published = [], []
+    for reply in replies:
+        t = _tokens(reply)
+        seqs.append(int(t[5]))
+        try:
+            published.append(int(t[7]))
+        except (IndexError, ValueError):
+            published.append(0)
+    return seqs, published
 
 
 class PullConsumer:

@@ -14,7 +14,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from router.config_base import DestinationBase, Subject
-from router.jetstream.frames import NEWLINES
+from router.jetstream.frames import header_value
 from router.jetstream.pipelined_publisher import PipelinedPublisher, PublishError
 
 from router.sinks.kind import SinkKind
@@ -53,7 +53,7 @@ def record_headers(keys: list[str], payloads: list[bytes], revision: int) -> lis
         rec = record_trace(p)
         trace = ""
         if rec.correlation_id:
-            trace = f"{CORRELATION_ID}: {rec.correlation_id.translate(NEWLINES)}\r\n"
+            trace = f"{CORRELATION_ID}: {header_value(rec.correlation_id)}\r\n"
             if rec.traceparent:
                 trace += f"{TRACEPARENT}: {rec.traceparent}\r\n"
         out.append(f"NATS/1.0\r\n{NATS_MSG_ID}: {k}\r\n{trace}{rev}\r\n".encode())
