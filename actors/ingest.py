@@ -118,6 +118,10 @@ class IngestActor:
     async def resume(self) -> None:
         self._running.set()
 
+    async def ready(self) -> bool:
+        """Answered once the actor is up (its process started, the sink actors found)."""
+        return True
+
     async def stats(self) -> IngestStats:
         self.stats_.in_flight = sum(len(m) for _, m in self._open.values())
         return msgspec.structs.replace(self.stats_)

@@ -48,6 +48,11 @@ class Histogram(msgspec.Struct):
             total += v
         self.sum += total
 
+    def add(self, counts: list[int], total: float) -> None:
+        """Observations already counted into these buckets (``counts``, one per bucket) summing to ``total``."""
+        self.counts = [a + b for a, b in zip(self.counts, counts)]
+        self.sum += total
+
     def merge(self, other: "Histogram") -> None:
         """Add ``other``'s observations to this one (same buckets, else ``ValueError``)."""
         if tuple(other.bounds) != tuple(self.bounds):

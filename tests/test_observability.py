@@ -108,6 +108,28 @@ def test_latency_is_observed_per_delivered_record_and_per_workflow(caplog):
     assert st.latency.count == 4
 
 
+def test_latency_of_a_plain_batch_lands_in_the_buckets_one_by_one_observing_would():
+    """A submit of normal-lane records without workflows is observed as arrays: the same buckets
+    as observing each delivered record, bounds included (a value on a bound belongs to it)."""
+    now = 1_000 * 10**9
+    ages = [0.0, 0.004, 0.005, 0.0051, 0.1, 0.7, 600.0, 601.0, -0.2, 0.3, 0.02]
+    outcomes = [DELIVERED] * 9 + [PARKED, DELIVERED]
+    batch = RecordBatch()
+    for n, age in enumerate(ages):
+        batch.append(f"k{n}", b"{}", "orders/1", now - round(age * 1e9))
+    batch.append("unknown", b"{}", "orders/2", 0)  # publish time unknown: not observed
+    items = [_Item(k, o) for k, o in zip(batch.keys, [*outcomes, DELIVERED])]
+    st = DestinationStats()
+    LatencyRecorder("erp", st, wall_ns=lambda: now, clock=lambda: 0.0).observe(batch, items)
+    expected = Histogram(LATENCY_BUCKETS)
+    for age, outcome in zip(ages, outcomes):
+        if outcome == DELIVERED:
+            expected.observe(max((now - (now - round(age * 1e9))) / 1e9, 0.0))
+    for hist in (st.latency, st.lane_latency["normal"]):
+        assert hist.counts == expected.counts and hist.sum == pytest.approx(expected.sum)
+    assert expected.count == 10 and expected.counts[0] == 4 and expected.counts[-1] == 1
+
+
 def test_slo_config_is_checked_and_tags_records_by_type_and_destination():
     raw = config_dict("nats://127.0.0.1:1", "http://127.0.0.1:1")
     raw["slo"] = {"inventory.* -> marketplace": "60s", "order.created -> erp": "5m"}

@@ -95,3 +95,22 @@ def test_missing_field_only_satisfies_negative_predicates():
     assert RouteTable([route({"data.customer_id": Predicate(exists=False)})]).targets(ev)
     assert not RouteTable([route({"data.customer_id": Predicate(exists=True)})]).targets(ev)
     assert RouteTable([route({"source": Predicate(eq="test")})]).targets(ev)
+
+
+def test_events_matching_the_same_routes_share_one_target_list():
+    """The planner prepares each target list once per batch, by identity: the same routes matched
+    must give the same list, and other routes matched a list of their own."""
+    big = Route(name="big", destinations=["erp", "carrier"], match=Match(where={"data.total": Predicate(gt=100)}))
+    every = Route(name="every", destinations=["marketplace", "erp"], match=Match(types=["order.*"]))
+    table = RouteTable([big, every])
+
+    def targets(total: float) -> list:
+        return table.targets(event("order.created", {**ORDER, "channel": "web", "total": total}, "s"))
+
+    large, small = targets(150.0), targets(50.0)
+    assert [(t.route, t.destination) for t in large] == [("big", "erp"), ("big", "carrier"), ("every", "marketplace")]
+    assert [(t.route, t.destination) for t in small] == [("every", "marketplace"), ("every", "erp")]
+    assert targets(200.0) is large and targets(10.0) is small
+    plain = RouteTable([every])
+    ev = event("order.created", {**ORDER, "channel": "web"}, "s")
+    assert plain.targets(ev) is plain.targets(ev)

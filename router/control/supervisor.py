@@ -173,16 +173,18 @@ class Supervisor:
         init_ray(cfg)
         # Fail at start-up, not at the first record, if a sink actor cannot load its dedup shard.
         await self._start_sinks(cfg, list(cfg.destinations))
+        started = []
         for src in cfg.sources:
             if src in unpartitioned_left:
                 self._runs[f"unpartitioned-{src.name}"] = asyncio.get_running_loop().create_task(
                     self._finish_unpartitioned(src))
             elif src.partitions > 1:
-                for k in range(src.partitions):
-                    self._add_ingest(src.name, k)
+                started += [self._add_ingest(src.name, k) for k in range(src.partitions)]
             else:
-                for _ in range(src.ingest_actors):
-                    self._add_ingest(src.name)
+                started += [self._add_ingest(src.name) for _ in range(src.ingest_actors)]
+        # Started means every actor is up: an ingest actor's process takes a second or so to start and
+        # import on a small machine, and one that cannot start fails here, like a sink actor.
+        await asyncio.gather(*(self._ingest_names[name][1].ready.remote() for name in started))
         scalers = {src.name: s for src in cfg.sources if (s := IngestScaler.for_source(src)) is not None}
         if scalers:
             self._autoscaler = asyncio.get_running_loop().create_task(self._autoscale(scalers))

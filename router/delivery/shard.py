@@ -67,9 +67,8 @@ class ShardPorts(NamedTuple):
 def batch_id(destination: str, keys: list[str]) -> str:
     """Deterministic: a retried batch carries the same ``Idempotency-Key`` header."""
     h = hashlib.blake2b(destination.encode(), digest_size=16)
-    for k in keys:
-        h.update(b"\x00")
-        h.update(k.encode())
+    if keys:  # each key after a NUL byte, hashed in one update (one per key cost more than the rest of it)
+        h.update(("\x00" + "\x00".join(keys)).encode())
     return h.hexdigest()
 
 
