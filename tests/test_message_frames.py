@@ -42,6 +42,8 @@ def _client(fast: bool) -> tuple[Client, list[Any]]:
         message_frames.supported = supported
     for sid in DIRECT_SIDS:
         table[sid] = lambda d, sid=sid: seen.append(("direct", sid, d.subject, d.reply, d.data, d.headers))
+    # Sid 2 takes its messages without headers as read, like a publisher's PubAcks.
+    nc._router_bare[2] = lambda subject, data: seen.append(("bare", 2, bytes(subject), bytes(data)))
     return nc, seen
 
 
@@ -138,5 +140,6 @@ def test_a_handler_that_raises_does_not_stop_the_reading() -> None:
             raise ValueError("a bug in a handler")
 
         table[2] = boom
-        asyncio.run(nc._ps.parse(b"MSG a 2 1\r\nx\r\nMSG b 1 1\r\ny\r\n"))
+        nc._router_bare[2] = boom
+        asyncio.run(nc._ps.parse(b"MSG a 2 1\r\nx\r\nHMSG a 2 12 13\r\nNATS/1.0\r\n\r\nx\r\nMSG b 1 1\r\ny\r\n"))
         assert seen == [("direct", 1, "b", "", b"y", None)], fast

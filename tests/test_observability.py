@@ -486,6 +486,39 @@ def test_nats_destination_messages_carry_the_correlation_id_header(clean, nats_s
     assert [m.headers["Nats-Msg-Id"] for m in msgs] == ["k0", "k1", "k2"]
 
 
+def test_nats_destination_says_why_the_stream_refused(clean, nats_server):
+    """The PubAck paths other than success: no stream on the subject (a 503 status, with headers) is
+    transient; a stream that refuses the message (an error PubAck, without headers) names its code."""
+    import nats
+
+    from router.config import Destination, parse_section
+    from router.sinks.nats_sink import NatsSink
+    from router.sinks.outcome import Delivered, Permanent, Transient
+
+    async def scenario():
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        await js.add_stream(name="SMALL", subjects=["small.>"], max_msg_size=64)
+        out = []
+        for subject in ("nowhere.orders", "small.orders"):
+            sink = NatsSink("partner", parse_section({"kind": "nats", "subject": subject, "timeout": 5}, Destination), nc)
+            await sink.start()
+            big = orjson.dumps({"idempotency_key": "k1", "correlation_id": "c-1", "pad": "x" * 200})
+            out.append(await sink.send("batch-1", ["k1"], [big]))
+            await sink.close()
+        sink = NatsSink("partner", parse_section({"kind": "nats", "subject": "small.orders"}, Destination), nc)
+        await sink.start()
+        out.append(await sink.send("batch-2", ["k2"], [b"{}"]))  # fits: the same publisher goes on
+        await sink.close()
+        await nc.close()
+        return out
+
+    nowhere, refused, fits = asyncio.run(scenario())
+    assert isinstance(nowhere, Transient) and "no stream answered" in nowhere.reason, nowhere
+    assert isinstance(refused, Permanent) and refused.status and "JetStream" in refused.reason, refused
+    assert isinstance(fits, Delivered)
+
+
 def test_shard_logs_breaker_dead_letters_and_parking_with_their_fields(caplog):
     from router.config import Destination, parse_section
     from router.delivery.dedup_index import DedupIndex

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from nats.protocol import parser as nats_parser
 
-__all__ = ["Delivery", "Handler", "hand_over", "install", "supported"]
+__all__ = ["BareHandler", "Delivery", "Handler", "hand_over", "install", "supported"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], None]
+# For the messages without headers of a subscription that wants only their subject and payload, as
+# read (the publishers' PubAcks: three per event on the NATS path): no ``Delivery``, nothing decoded.
+BareHandler = Callable[[bytes, bytes], None]
 
 
 def hand_over(handler: Handler, msg: Delivery) -> None:
@@ -50,9 +53,19 @@ def hand_over(handler: Handler, msg: Delivery) -> None:
         log.exception("nats: a direct subscription's handler failed on a message to %s", msg.subject)
 
 
-def install(nc: Any, table: dict[int, Handler]) -> None:
+def hand_over_bare(handler: BareHandler, subject: bytes, payload: bytes) -> None:
+    """``hand_over`` for a ``BareHandler``."""
+    try:
+        handler(subject, payload)
+    except Exception:  # noqa: BLE001 - as in hand_over
+        log.exception("nats: a direct subscription's handler failed on a message to %r", subject)
+
+
+def install(nc: Any, table: dict[int, Handler], bare: dict[int, BareHandler] | None = None) -> None:
     """Messages for a subscription id in ``table`` go to its function (called synchronously, in
-    arrival order); every other message goes through the client's ``_process_msg`` as before."""
+    arrival order), or, without headers, to its function in ``bare`` if it has one there; every
+    other message goes through the client's ``_process_msg`` as before."""
+    bare = {} if bare is None else bare
     ps = getattr(nc, "_ps", None)  # nats-py's parser of this connection
     if not isinstance(ps, nats_parser.Parser):
         return
@@ -72,7 +85,7 @@ def install(nc: Any, table: dict[int, Handler]) -> None:
             return
         buf = bytes(held)
         end, pos, count, size = len(buf), 0, 0, 0
-        process_msg, find, get = nc._process_msg, buf.find, table.get  # noqa: SLF001
+        process_msg, find, get, get_bare = nc._process_msg, buf.find, table.get, bare.get  # noqa: SLF001
         try:
             while pos < end:
                 line_end = find(b"\r\n", pos, pos + max_line)
@@ -109,6 +122,16 @@ def install(nc: Any, table: dict[int, Handler]) -> None:
                     break
                 payload = buf[start + header_len:start + total]
                 pos = start + total + 2
+                if not header_len:
+                    plain = get_bare(sid)
+                    if plain is not None:
+                        count += 1
+                        size += len(payload)
+                        try:
+                            plain(args[1], payload)
+                        except Exception:  # noqa: BLE001 - as in hand_over (inline: this is per PubAck)
+                            log.exception("nats: a direct subscription's handler failed on a message to %r", args[1])
+                        continue
                 handler = get(sid)
                 if handler is None:
                     await process_msg(sid, args[1], reply, payload, buf[start:start + header_len] if header_len else None)

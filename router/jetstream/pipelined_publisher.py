@@ -39,32 +39,47 @@ class PipelinedPublisher:
         self._nc = nc
         self._inbox = ""
         self._sub = None
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[bytes, _Pending] = {}  # by reply subject
         self._ids = itertools.count()
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
-        self._sub = await subscribe_direct(self._nc, f"{self._inbox}.*", self._on_ack)
+        self._sub = await subscribe_direct(self._nc, f"{self._inbox}.*", self._on_ack, self._on_plain_ack)
 
     async def close(self) -> None:
         if self._sub is not None:
             await unsubscribe_direct(self._nc, self._sub)
 
-    def _on_ack(self, msg: Delivery) -> None:
-        p = self._pending.get(msg.subject)
+    def _on_plain_ack(self, subject: bytes, data: bytes) -> None:
+        """A PubAck without headers, as read: the usual one, three per event on the NATS path."""
+        p = self._pending.get(subject)
         if p is None:
             return  # a late ack for a call that already timed out (and will be repeated)
-        status = msg.headers.get("Status") if msg.headers else None
-        if status == "503":
-            p.error = p.error or PublishError("no stream answered (is the subject captured by a stream?)", 503)
-        elif msg.data[:9] != b'{"stream"':
-            err = orjson.loads(msg.data).get("error", {}) if msg.data else {}
-            code = err.get("code", 0)
-            p.error = p.error or PublishError(f"JetStream {code}: {err.get('description', msg.data[:200])}",
-                                              code, transient=code >= 500 or code == 0)
+        if data[:9] != b'{"stream"':
+            self._failed(p, data)
         p.remaining -= 1
         if p.remaining == 0 and not p.future.done():
             p.future.set_result(None)
+
+    def _on_ack(self, msg: Delivery) -> None:
+        """A PubAck with headers (a status: 503 when no stream took the message)."""
+        p = self._pending.get(msg.subject.encode())
+        if p is None:
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            p.error = p.error or PublishError("no stream answered (is the subject captured by a stream?)", 503)
+        elif msg.data[:9] != b'{"stream"':
+            self._failed(p, msg.data)
+        p.remaining -= 1
+        if p.remaining == 0 and not p.future.done():
+            p.future.set_result(None)
+
+    @staticmethod
+    def _failed(p: _Pending, data: bytes) -> None:
+        err = orjson.loads(data).get("error", {}) if data else {}
+        code = err.get("code", 0)
+        p.error = p.error or PublishError(f"JetStream {code}: {err.get('description', data[:200])}",
+                                          code, transient=code >= 500 or code == 0)
 
     async def publish(self, subject: str | Sequence[str], payloads: Sequence[bytes],
                       headers: Sequence[Mapping[str, str] | bytes | None], timeout: float) -> None:
@@ -73,12 +88,13 @@ class PipelinedPublisher:
         if not payloads:
             return
         reply = f"{self._inbox}.{next(self._ids)}"
-        pending = self._pending[reply] = _Pending(len(payloads), asyncio.get_running_loop().create_future())
+        key = reply.encode()  # acks are matched as read, undecoded
+        pending = self._pending[key] = _Pending(len(payloads), asyncio.get_running_loop().create_future())
         subjects = itertools.repeat(subject) if isinstance(subject, str) else subject
         try:
             await frames.send(self._nc, subjects, reply, payloads, headers)  # one write for the batch
             await asyncio.wait_for(pending.future, timeout)
         finally:
-            del self._pending[reply]
+            del self._pending[key]
         if pending.error is not None:
             raise pending.error
