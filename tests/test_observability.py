@@ -519,6 +519,24 @@ def test_nats_destination_says_why_the_stream_refused(clean, nats_server):
     assert isinstance(fits, Delivered)
 
 
+def test_an_ack_that_is_not_a_jetstream_answer_fails_the_publish_at_once():
+    """Whatever comes back on the ack inbox counts for its message: an answer that cannot be read
+    fails the call (transient) instead of leaving it to time out."""
+    from router.jetstream.pipelined_publisher import PipelinedPublisher, PublishError, _Pending
+
+    async def scenario():
+        pub = PipelinedPublisher(nc=None)
+        out = []
+        for answer in (b"not json", b'["a list"]', b'{"error": "a string"}'):
+            pending = pub._pending[b"_INBOX.x.1"] = _Pending(1, asyncio.get_running_loop().create_future())
+            pub._on_plain_ack(b"_INBOX.x.1", answer)
+            out.append((pending.future.done(), pending.error))
+        return out
+
+    for done, error in asyncio.run(scenario()):
+        assert done and isinstance(error, PublishError) and error.transient, error
+
+
 def test_shard_logs_breaker_dead_letters_and_parking_with_their_fields(caplog):
     from router.config import Destination, parse_section
     from router.delivery.dedup_index import DedupIndex

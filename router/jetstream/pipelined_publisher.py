@@ -76,8 +76,11 @@ class PipelinedPublisher:
 
     @staticmethod
     def _failed(p: _Pending, data: bytes) -> None:
-        err = orjson.loads(data).get("error", {}) if data else {}
-        code = err.get("code", 0)
+        try:
+            err = orjson.loads(data).get("error", {}) if data else {}
+            code = err.get("code", 0)
+        except (orjson.JSONDecodeError, AttributeError):  # not a JetStream answer: fail the call, do not hang it
+            err, code = {"description": data[:200]}, 0
         p.error = p.error or PublishError(f"JetStream {code}: {err.get('description', data[:200])}",
                                           code, transient=code >= 500 or code == 0)
 
