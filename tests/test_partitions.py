@@ -102,6 +102,18 @@ async def consumers(url: str, stream: str, names: list[str]) -> dict[str, api.Co
         await nc.close()
 
 
+async def settled_consumers(url: str, stream: str, names: list[str], timeout: float = 10.0) -> dict[str, api.ConsumerInfo]:
+    """``consumers`` once none has a message delivered and not acked, or after ``timeout``: a source
+    message is acked after its records reach the destinations, so the last acks may still be on
+    their way when the last record arrives."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = await consumers(url, stream, names)
+        if all(c.num_ack_pending == 0 for c in info.values()) or time.monotonic() > deadline:
+            return info
+        await asyncio.sleep(0.2)
+
+
 async def stored_subjects(url: str, stream: str) -> dict[str, int]:
     nc = await nats.connect(url)
     try:
@@ -126,7 +138,7 @@ def test_four_partition_actors_keep_each_orders_events_in_order(clean, nats_serv
             assert sum(1 for s, _ in sup.ingest if s == "orders") == PARTITIONS
             await publish(nats_server.url, events)
             got = await until_received(emulator.url, {e.key for e in events}, timeout=60)
-            info = await consumers(nats_server.url, src.stream, src.consumers)
+            info = await settled_consumers(nats_server.url, src.stream, src.consumers)
         finally:
             await sup.stop()
         return got, info, await stored_subjects(nats_server.url, src.stream)
@@ -186,7 +198,7 @@ def test_messages_stored_before_partitioning_are_finished_first(clean, nats_serv
             await publish(nats_server.url, after)
             keys = {e.key for e in before + between + after}
             got = await until_received(emulator.url, keys, timeout=60)
-            legacy = (await consumers(nats_server.url, src.stream, [src.durable]))[src.durable]
+            legacy = (await settled_consumers(nats_server.url, src.stream, [src.durable]))[src.durable]
         finally:
             await sup.stop()
         nc = await nats.connect(nats_server.url)
