@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from nats.protocol import parser as nats_parser
 
-__all__ = ["BareHandler", "Delivery", "Handler", "hand_over", "install", "supported"]
+__all__ = ["BareHandler", "Delivery", "Handler", "hand_over", "hand_over_bare", "install", "supported"]
 
 log = logging.getLogger(__name__)
 
