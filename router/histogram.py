@@ -57,8 +57,7 @@ class Histogram(msgspec.Struct):
         """Add ``other``'s observations to this one (same buckets, else ``ValueError``)."""
         if tuple(other.bounds) != tuple(self.bounds):
             raise ValueError(f"cannot merge histograms with different buckets: {other.bounds} into {self.bounds}")
-        self.counts = [a + b for a, b in zip(self.counts, other.counts)]
-        self.sum += other.sum
+        self.add(other.counts, other.sum)
 
     def copy(self) -> "Histogram":
         return Histogram(tuple(self.bounds), list(self.counts), self.sum)

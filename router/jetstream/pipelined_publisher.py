@@ -57,9 +57,7 @@ class PipelinedPublisher:
             return  # a late ack for a call that already timed out (and will be repeated)
         if data[:9] != b'{"stream"':
             self._failed(p, data)
-        p.remaining -= 1
-        if p.remaining == 0 and not p.future.done():
-            p.future.set_result(None)
+        self._count(p)
 
     def _on_ack(self, msg: Delivery) -> None:
         """A PubAck with headers (a status: 503 when no stream took the message)."""
@@ -70,6 +68,10 @@ class PipelinedPublisher:
             p.error = p.error or PublishError("no stream answered (is the subject captured by a stream?)", 503)
         elif msg.data[:9] != b'{"stream"':
             self._failed(p, msg.data)
+        self._count(p)
+
+    @staticmethod
+    def _count(p: _Pending) -> None:
         p.remaining -= 1
         if p.remaining == 0 and not p.future.done():
             p.future.set_result(None)

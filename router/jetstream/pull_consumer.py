@@ -23,7 +23,7 @@ from router.jetstream.direct_subscription import Delivery, subscribe_direct, uns
 
 from router.jetstream.partitions import strip_partition
 
-__all__ = ["PullConsumer", "delivery_count", "pending_count", "published_ns", "seqs_and_published", "stream_seq"]
+__all__ = ["PullConsumer", "delivery_count", "pending_count", "seqs_and_published", "stream_seq"]
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +53,9 @@ def pending_count(reply: str) -> int:
         return -1
 
 
-def published_ns(reply: str) -> int:
-    """When JetStream stored the message (ns since the epoch), from its ack subject; 0 if unreadable."""
-    try:
-        return int(_tokens(reply)[7])
-    except (IndexError, ValueError, AttributeError):
-        return 0
-
-
 def seqs_and_published(replies: Iterable[str]) -> tuple[list[int], list[int]]:
-    """``stream_seq`` and ``published_ns`` of each ack subject, reading each once (per message, on
-    the ingest's hot path)."""
+    """Each ack subject's stream sequence and when JetStream stored the message (ns since the epoch;
+    0 if unreadable), reading each subject once (per message, on the ingest's hot path)."""
     seqs, published = [], []
     for reply in replies:
         t = _tokens(reply)
