@@ -11,7 +11,7 @@ latency, so locust's stats, charts and ``--csv`` files are the publish side of t
 Options (besides locust's own): ``--nats-url``, ``--load-shape`` (holiday-peak, steady),
 ``--base-rate`` (events/s at baseline), ``--peak-duration`` (seconds the whole shape takes),
 ``--per-user-rate``, ``--duplicate-ratio`` (share re-sent with the same idempotency key),
-``--malformed-ratio`` (share that must be dead-lettered), ``--sent-journal`` (a directory:
+``--malformed-ratio`` (share that must be dead-lettered; both shares spread evenly over the run), ``--sent-journal`` (a directory:
 one JSON line per acked publish, for the rehearsal's end-to-end counts), ``--publish-timeout``.
 """
 
@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 from locust import events, task
 
+from router.loadtest.even_share import EvenShare
 from router.loadtest.nats_user import JetStreamUser
 from router.loadtest.retail_events import MALFORMED, GeneratedEvent, RetailEventFactory
 from router.loadtest.shapes import PROFILES, RehearsalShape, target_rate  # noqa: F401  (locust finds the shape here)
@@ -65,6 +66,10 @@ class SentJournal:
 
 _journal: SentJournal | None = None
 _recent: deque[GeneratedEvent] = deque(maxlen=2000)  # events a producer may re-send (same key)
+
+
+_malformed_share = EvenShare()
+_duplicate_share = EvenShare()
 
 
 @events.test_start.add_listener
@@ -107,12 +112,11 @@ class RetailPublisher(JetStreamUser):
         return max(0.0, self._next - time.monotonic())
 
     def _send(self, make: Any) -> None:
-        r = random.random()
-        if r < self.malformed_ratio:
+        if _malformed_share.pick(self.malformed_ratio):
             payload, _why = random.choice(MALFORMED)
             ev = GeneratedEvent("retail.orders.web", payload, "", "", None, _why)
             name = "malformed"
-        elif r < self.malformed_ratio + self.duplicate_ratio and _recent:
+        elif _duplicate_share.pick(self.duplicate_ratio, allowed=bool(_recent)):
             ev = random.choice(_recent)  # a producer retry: same key, same payload
             name = f"{ev.type} {_channel(ev.subject)} (re-sent)"
         else:

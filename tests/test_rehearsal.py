@@ -10,6 +10,7 @@ import nats
 import pytest
 
 from router.config import parse_config
+from router.loadtest.even_share import EvenShare
 from router.loadtest.rate_profile import make_profile
 from router.loadtest.rehearsal import Deployment, rehearse, supervisor_stats
 from router.loadtest.report import RehearsalData, Sample, build_report
@@ -175,6 +176,20 @@ def test_ci_rehearsal_counts_match_the_emulators(nats_server, ray_session, emula
     assert "data:image/png;base64," in html and "<script" not in html and "<link" not in html  # self-contained
     assert json.loads((tmp_path / "report.json").read_text())["verdict"] == r["verdict"]
     assert r["verdict"] == "go", r["failed_slos"]
+
+
+def test_malformed_and_duplicate_shares_are_spread_evenly():
+    # A short run gets its share exactly (random picks gave the CI rehearsal no malformed event
+    # about one run in twenty), the picks spaced a period apart, the first half a period in.
+    share = EvenShare()
+    picks = [i for i in range(300) if share.pick(0.01)]
+    assert picks == [49, 149, 249]
+    share = EvenShare()
+    assert sum(share.pick(0.05) for _ in range(300)) == 15
+    # a pick not allowed yet (nothing sent to re-send) is owed, not dropped
+    share = EvenShare()
+    assert not any(share.pick(0.25, allowed=False) for _ in range(10))
+    assert share.pick(0.25) and share.pick(0.25) and share.pick(0.25)
 
 
 # -- the command's errors, and router stats from an existing deployment's metrics ---------------
