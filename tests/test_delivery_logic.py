@@ -78,6 +78,26 @@ def test_a_partial_batch_waits_for_more_records_only_while_a_batch_is_on_its_way
     assert sink.sent_at[1] == pytest.approx(0.5, abs=1e-6)  # when the first was answered, not at 2.1 s
 
 
+def test_the_correlation_ids_the_ingest_sent_reach_the_sink_beside_their_records():
+    """Each record's id from the batch's column, in the records' order; "" (read it from the
+    record) for a batch sent without the column, and for a record replayed from the park."""
+    async def go():
+        sink = ScriptedSink()
+        d = make(sink)
+        await d.start()
+        with_ids = RecordBatch()
+        for k in ("a", "b", "c"):
+            with_ids.append(k, b"{}", "src/1", correlation_id=f"cid-{k}" if k != "b" else "")
+        await d.submit(with_ids)
+        await d.submit(recs("d", "e"))
+        await d.close()
+        return sink
+
+    sink = run_simulated(go())
+    assert sink.calls == [["a", "b", "c"], ["d", "e"]]
+    assert sink.correlation_ids == [["cid-a", "", "cid-c"], ["", ""]]
+
+
 def test_known_keys_are_not_sent_again():
     async def go():
         sink = ScriptedSink()

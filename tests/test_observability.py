@@ -448,6 +448,13 @@ def test_planner_puts_the_source_traceparent_into_every_record_of_that_message()
     records = [(json.loads(p), i) for batch, idx in plan.work.values() for p, i in zip(batch.payloads, idx)]
     assert {i for _, i in records} == {0, 1} and len(records) >= 2
     assert all((r.get("traceparent") == TRACE) == (i == 0) for r, i in records), records
+    # beside each record, the correlation id it carries (for a NATS header), or "" where the sink
+    # reads the record for its traceparent too
+    for batch, _ in plan.work.values():
+        assert len(batch.correlation_ids) == len(batch.payloads)
+        for p, cid in zip(batch.payloads, batch.correlation_ids):
+            r = json.loads(p)
+            assert cid == ("" if "traceparent" in r else r["correlation_id"]) and r["correlation_id"]
 
 
 def test_nats_destination_messages_carry_the_correlation_id_header(clean, nats_server):
@@ -471,19 +478,23 @@ def test_nats_destination_messages_carry_the_correlation_id_header(clean, nats_s
         # A line break in a correlation id would end the header and start one of the sender's choosing.
         payloads[2] = orjson.dumps({"idempotency_key": "k2", "correlation_id": "c-2\r\nX-Injected: 1"})
         outcome = await sink.send("batch-1", ["k0", "k1", "k2"], payloads, revision=4)
+        # ids the ingest sent beside the records are used as they are ("": read from the record)
+        given = await sink.send("batch-2", ["k3", "k4", "k5"], payloads, revision=4,
+                                correlation_ids=["given-3", "", "given\r\nX-Injected: 5"])
         sub = await js.pull_subscribe("partner.orders", stream="PARTNER",
                                       config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE))
-        msgs = await sub.fetch(3, timeout=5)
+        msgs = await sub.fetch(6, timeout=5)
         await sink.close()
         await nc.close()
-        return outcome, msgs
+        return outcome, given, msgs
 
-    outcome, msgs = asyncio.run(scenario())
-    assert isinstance(outcome, Delivered)
-    assert [m.headers[CORRELATION_ID] for m in msgs] == ["c-0", "c-1", "c-2X-Injected: 1"]
+    outcome, given, msgs = asyncio.run(scenario())
+    assert isinstance(outcome, Delivered) and isinstance(given, Delivered)
+    assert [m.headers[CORRELATION_ID] for m in msgs] == ["c-0", "c-1", "c-2X-Injected: 1",
+                                                         "given-3", "c-1", "givenX-Injected: 5"]
     assert not any("X-Injected" in m.headers for m in msgs)
-    assert [m.headers.get("traceparent") for m in msgs] == [None, TRACE, None]
-    assert [m.headers["Nats-Msg-Id"] for m in msgs] == ["k0", "k1", "k2"]
+    assert [m.headers.get("traceparent") for m in msgs] == [None, TRACE, None, None, TRACE, None]
+    assert [m.headers["Nats-Msg-Id"] for m in msgs] == ["k0", "k1", "k2", "k3", "k4", "k5"]
 
 
 def test_nats_destination_says_why_the_stream_refused(clean, nats_server):

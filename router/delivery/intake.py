@@ -39,19 +39,21 @@ class Completion:
 
 
 class PendingRecord:
-    __slots__ = ("h", "key", "payload", "origin", "revision", "okey", "lane", "group", "queued_at", "outcome")
+    __slots__ = ("h", "key", "payload", "origin", "revision", "okey", "lane", "cid", "group", "queued_at",
+                 "outcome")
 
     def __init__(self, h: int, key: str, payload: bytes, origin: str, revision: int, group: Completion,
-                 queued_at: float, okey: int = 0, lane: int = NORMAL) -> None:
+                 queued_at: float, okey: int = 0, lane: int = NORMAL, cid: str = "") -> None:
         self.h, self.key, self.payload, self.origin, self.revision = h, key, payload, origin, revision
         self.okey = okey  # ordering key hash: 0 none
         self.lane = lane
+        self.cid = cid  # its correlation id, when the ingest sent it ("": the sink reads it from the record)
         self.group, self.queued_at = group, queued_at
         self.outcome: Any = None  # DELIVERED, DEAD_LETTERED, PARKED or the exception that stopped it
 
 
-# (hash, key, payload, origin, ordering key, lane) of a record admitted as new
-Fresh = tuple[int, str, bytes, str, int, int]
+# (hash, key, payload, origin, ordering key, lane, correlation id or "") of a record admitted as new
+Fresh = tuple[int, str, bytes, str, int, int, str]
 
 ALL_LANES = frozenset(range(len(LANES)))
 
@@ -91,9 +93,9 @@ class Intake:
         in_flight, fresh = self.in_flight, out.fresh
         hashes = records.key_hashes()
         known = self.index.contains_many(hashes).tolist()  # one vectorised lookup for the batch
-        for h, was_known, key, payload, origin, okey, lane in zip(
+        for h, was_known, key, payload, origin, okey, lane, cid in zip(
                 hashes, known, records.keys, records.payloads, records.origins, records.order_key_column(),
-                records.lane_column()):
+                records.lane_column(), records.correlation_id_column()):
             if was_known or h in seen:
                 out.duplicates += 1
                 continue
@@ -103,14 +105,14 @@ class Intake:
                 out.duplicates += 1
                 continue
             seen.add(h)
-            fresh.append((h, key, payload, origin, okey, lane))
+            fresh.append((h, key, payload, origin, okey, lane, cid))
         return out
 
     def enqueue(self, fresh: list[Fresh], revision: int, group: Completion, now: float) -> list[PendingRecord]:
         items = []
         lanes, in_flight = self.lanes, self.in_flight
-        for h, key, payload, origin, okey, lane in fresh:
-            item = PendingRecord(h, key, payload, origin, revision, group, now, okey, lane)
+        for h, key, payload, origin, okey, lane, cid in fresh:
+            item = PendingRecord(h, key, payload, origin, revision, group, now, okey, lane, cid)
             items.append(item)
             lanes[lane].append(item)
             in_flight[h] = group

@@ -27,6 +27,7 @@ class ScriptedSink:
         self.latency = latency
         self.calls: list[list[str]] = []  # keys of every request, in the order they were sent
         self.batch_ids: list[str] = []
+        self.correlation_ids: list[list[str] | None] = []  # as each request was given them
         self.sent_at: list[float] = []
         self._delivered_calls: list[tuple[int, list[str]]] = []  # (call number, keys) answered Delivered
         self.in_flight = 0
@@ -42,10 +43,12 @@ class ScriptedSink:
         """Keys of the requests answered with Delivered, in the order those requests were sent."""
         return [k for _, keys in sorted(self._delivered_calls) for k in keys]
 
-    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int = 0) -> Outcome:
+    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int = 0,
+                   correlation_ids: list[str] | None = None) -> Outcome:
         call = len(self.calls)
         self.calls.append(list(keys))
         self.batch_ids.append(batch_id)
+        self.correlation_ids.append(None if correlation_ids is None else list(correlation_ids))
         self.sent_at.append(self._clock() if self._clock else asyncio.get_running_loop().time())
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)

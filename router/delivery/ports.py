@@ -25,8 +25,10 @@ class Sink(Protocol):
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
-    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int = 0) -> Outcome:
-        """``revision``: the route table revision that routed every record of the batch (0: unknown)."""
+    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int = 0,
+                   correlation_ids: list[str] | None = None) -> Outcome:
+        """``revision``: the route table revision that routed every record of the batch (0: unknown).
+        ``correlation_ids``: each record's, when known ("" or None: in the record, as always)."""
         ...
 
 

@@ -45,8 +45,8 @@ class SendPolicy:
         self.request_seconds = Histogram(REQUEST_BUCKETS)  # each request's round trip, for /metrics
         self.batch_records = Histogram(BATCH_RECORDS_BUCKETS)  # records per request
 
-    async def attempt(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int, *,
-                      respect_breaker: bool) -> Outcome | None:
+    async def attempt(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int,
+                      correlation_ids: list[str] | None = None, *, respect_breaker: bool) -> Outcome | None:
         """Send once; ``BREAKER_OPEN`` (None) when ``respect_breaker`` and the breaker is not closed."""
         while True:
             await self.gate.wait()
@@ -58,7 +58,7 @@ class SendPolicy:
             return BREAKER_OPEN
         self.requests += 1
         started = self._clock()
-        outcome = await self.sink.send(batch_id, keys, payloads, revision)
+        outcome = await self.sink.send(batch_id, keys, payloads, revision, correlation_ids)
         rtt = self._clock() - started
         self.request_seconds.observe(rtt)
         self.batch_records.observe(len(keys))

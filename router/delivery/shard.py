@@ -168,7 +168,7 @@ class DestinationShard:
             assert self.park is not None
             if self.intake.busy or self.intake.queued:
                 await self._wait_until_behind(fresh)
-            await self.park.park([(k, p, o, revision, ok, lane) for _, k, p, o, ok, lane in fresh], reason)
+            await self.park.park([(k, p, o, revision, ok, lane) for _, k, p, o, ok, lane, _cid in fresh], reason)
             self._count_lanes(self.stats.lane_parked, (f[5] for f in fresh))
             parked_now += len(fresh)
         if to_queue:
@@ -441,12 +441,13 @@ class DestinationShard:
     async def _send(self, batch: list[PendingRecord], from_park: bool = False) -> None:
         keys = [i.key for i in batch]
         payloads = [i.payload for i in batch]
+        cids = [i.cid for i in batch]
         bid = batch_id(self.name, keys)
         revision = batch[0].revision
         can_park = self.park is not None
         attempts = 0
         while True:
-            outcome = await self.policy.attempt(bid, keys, payloads, revision,
+            outcome = await self.policy.attempt(bid, keys, payloads, revision, cids,
                                                 respect_breaker=can_park and not from_park)
             if outcome is BREAKER_OPEN:
                 await self._park_items(batch, f"circuit breaker {self.breaker.state}: {self.breaker.last_reason}")

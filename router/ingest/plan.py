@@ -93,6 +93,9 @@ class IngestPlanner:
             if prep is None or prep.routed is not routed:  # it holds the list, so the id is not reused
                 prep = prepared[id(routed)] = _Prepared(routed, self.pool_sizes)
             tp = traceparent_of(m.headers)  # W3C trace context passed through, in each record (router/tracing.py)
+            # Every encoder writes the event's correlation id into the record; with a traceparent the
+            # sink reads both back from the record for a NATS message's headers.
+            cid = ev.correlation_id if tp is None else ""
             try:
                 if prep.encoder is not None:  # the usual fan-out: one encoding for all
                     payload = prep.encoder.encode(ev)
@@ -115,13 +118,14 @@ class IngestPlanner:
                 okey = ordering_hash(ev, ordering) if ordering else 0
                 records, idx = work[(dest, 0 if pool == 1 else (okey or h) % pool)]
                 if okey or lane != NORMAL or records.order_keys or records.lanes:
-                    records.append(key, payload, origin, at, okey, lane, h)
+                    records.append(key, payload, origin, at, okey, lane, h, cid)
                 else:  # RecordBatch.append, without its column padding (nothing to pad)
                     records.keys.append(key)
                     records.payloads.append(payload)
                     records.origins.append(origin)
                     records.published.append(at)
                     records.hashes.append(h)
+                    records.correlation_ids.append(cid)
                 idx.append(i)
                 if workflows is not None:
                     records.workflow.append(workflows.index(ev.type, dest))

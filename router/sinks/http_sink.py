@@ -84,7 +84,9 @@ class HttpSink:
         if self._session:
             await self._session.close()
 
-    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int = 0) -> Outcome:
+    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int = 0,
+                   correlation_ids: list[str] | None = None) -> Outcome:
+        # Each record carries its correlation id (the contract); the ids beside them are for headers.
         assert self._session is not None, "start() first"
         body = b"[" + b",".join(payloads) + b"]"
         headers = dict(self._headers)

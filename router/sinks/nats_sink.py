@@ -9,6 +9,7 @@ too. With ``jetstream: false`` it is a core publish followed by a flush.
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import nats.errors
 from nats.aio.client import Client
@@ -43,19 +44,25 @@ def trace_headers(payload: bytes) -> dict[str, str]:
     return {CORRELATION_ID: rec.correlation_id}
 
 
-def record_headers(keys: list[str], payloads: list[bytes], revision: int) -> list[bytes]:
+def record_headers(keys: list[str], payloads: list[bytes], revision: int,
+                   correlation_ids: list[str] | None = None) -> list[bytes]:
     """Each record's header block: ``Nats-Msg-Id`` = its key (the stream drops re-sends), its trace
     headers and the route table revision; built as bytes in one go (the hot path of NATS delivery).
-    Keys and traceparents have no control characters (the decoder's rule); correlation ids may."""
+    ``correlation_ids``: each record's as the ingest sent it; "" (or none): read from the record,
+    with its traceparent if it has one. Keys and traceparents have no control characters (the
+    decoder's rule); correlation ids may."""
     rev = f"{ROUTES_REVISION}: {revision}\r\n" if revision else ""
     out = []
-    for k, p in zip(keys, payloads):
-        rec = record_trace(p)
-        trace = ""
-        if rec.correlation_id:
-            trace = f"{CORRELATION_ID}: {header_value(rec.correlation_id)}\r\n"
-            if rec.traceparent:
-                trace += f"{TRACEPARENT}: {rec.traceparent}\r\n"
+    for k, p, cid in zip(keys, payloads, correlation_ids or itertools.repeat("")):
+        if cid:
+            trace = f"{CORRELATION_ID}: {header_value(cid)}\r\n"
+        else:
+            rec = record_trace(p)
+            trace = ""
+            if rec.correlation_id:
+                trace = f"{CORRELATION_ID}: {header_value(rec.correlation_id)}\r\n"
+                if rec.traceparent:
+                    trace += f"{TRACEPARENT}: {rec.traceparent}\r\n"
         out.append(f"NATS/1.0\r\n{NATS_MSG_ID}: {k}\r\n{trace}{rev}\r\n".encode())
     return out
 
@@ -77,12 +84,14 @@ class NatsSink:
     async def close(self) -> None:
         await self._publisher.close()
 
-    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int = 0) -> Outcome:
+    async def send(self, batch_id: str, keys: list[str], payloads: list[bytes], revision: int = 0,
+                   correlation_ids: list[str] | None = None) -> Outcome:
         subject = self.cfg.subject
         assert subject is not None
         try:
             if self.cfg.jetstream:
-                await self._publisher.publish(subject, payloads, record_headers(keys, payloads, revision),
+                await self._publisher.publish(subject, payloads,
+                                              record_headers(keys, payloads, revision, correlation_ids),
                                               self.cfg.timeout)
             else:
                 rev = {ROUTES_REVISION: str(revision)} if revision else {}
