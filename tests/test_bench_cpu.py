@@ -67,7 +67,10 @@ def test_an_actor_started_in_the_phase_counts_from_its_first_work():
             {sink: ("sink_actors", True, 3.0), worker: ("ingest_actors", True, 2.0),
              ingest_late: ("ingest_actors", False, 0.6), helper: ("ray_other", True, 0.4)},
         ])
-        await asyncio.sleep(0.5)  # the watcher reads the middle snapshots
+        for _ in range(200):  # until the watcher has read the middle snapshots (at most 10 s)
+            if len(phase.reads) == 1:
+                break
+            await asyncio.sleep(0.05)
         return phase.end()
 
     work, startup = asyncio.run(run())

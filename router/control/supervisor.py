@@ -57,6 +57,32 @@ class RouterStats(msgspec.Struct):
 
 
 DIRECT_CALL_BYTES = 4 * 1024 * 1024
+START_PROGRESS_EVERY = 30.0  # seconds between "not up yet" lines while actors start
+
+
+async def wait_until_up(ready: dict[str, Any], every: float = START_PROGRESS_EVERY) -> None:
+    """Wait for every actor's ``ready`` call (name -> its awaitable); the first start error is
+    raised. No deadline: a sink actor loading a large dedup shard is slow, not stuck. While some
+    are not up, say which every ``every`` seconds and where to look."""
+    waiting = {asyncio.ensure_future(r): name for name, r in ready.items()}
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        while waiting:
+            done, _ = await asyncio.wait(waiting, timeout=every, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                waiting.pop(task)
+                task.result()
+            if waiting:  # the wait timed out (an error would have been raised above)
+                names = sorted(waiting.values())
+                log.warning("%d actor(s) not up after %.0f s: %s%s. An actor Ray cannot place waits for "
+                            "resources without an error (`ray status` shows what is pending); a sink actor "
+                            "loading a large dedup shard takes longer (its log shows the load).",
+                            len(names), loop.time() - started, ", ".join(names[:5]),
+                            f" and {len(names) - 5} more" if len(names) > 5 else "")
+    finally:
+        for task in waiting:
+            task.cancel()
 
 
 def init_ray(cfg: Config) -> None:
@@ -184,7 +210,7 @@ class Supervisor:
                 started += [self._add_ingest(src.name) for _ in range(src.ingest_actors)]
         # Started means every actor is up: an ingest actor's process takes a second or so to start and
         # import on a small machine, and one that cannot start fails here, like a sink actor.
-        await asyncio.gather(*(self._ingest_names[name][1].ready.remote() for name in started))
+        await wait_until_up({name: self._ingest_names[name][1].ready.remote() for name in started})
         scalers = {src.name: s for src in cfg.sources if (s := IngestScaler.for_source(src)) is not None}
         if scalers:
             self._autoscaler = asyncio.get_running_loop().create_task(self._autoscale(scalers))
@@ -209,7 +235,8 @@ class Supervisor:
             self.workers[dest] = [DestinationWorker.options(name=n, **secrets).remote(
                                       cfg, dest, shard, self.revision if revision is None else revision, limits)
                                   for shard, n in enumerate(self.names[dest])]
-        await asyncio.gather(*(w.ready.remote() for dest in destinations for w in self.workers[dest]))
+        await wait_until_up({n: w.ready.remote() for dest in destinations
+                             for n, w in zip(self.names[dest], self.workers[dest])})
 
     async def _stop_sinks(self, destinations: list[str]) -> None:
         """Deliver what they hold, then stop them (ingest no longer sends to them)."""
