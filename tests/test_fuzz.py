@@ -280,3 +280,5 @@ def test_planner_sends_each_keys_hash_and_picks_the_shard_a_replay_would():
         for (dest, shard), (records, _) in plan.work.items():
             assert records.hashes == [key_hash(k) for k in records.keys] == records.key_hashes()
             assert all(shard_of(k, pools[dest]) == shard for k in records.keys), dest
+            # each record's correlation id beside it, the one in the record (for a NATS header)
+            assert records.correlation_ids == [json.loads(p)["correlation_id"] for p in records.payloads]

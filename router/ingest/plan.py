@@ -154,10 +154,10 @@ class IngestPlanner:
                 out.routed[k] += n
             for shard_key, (records, _) in one.work.items():
                 into, idx = out.work[shard_key]
-                for n, (key, payload, origin, okey, lane, h) in enumerate(zip(
+                for n, (key, payload, origin, okey, lane, h, cid) in enumerate(zip(
                         records.keys, records.payloads, records.origins, records.order_key_column(),
-                        records.lane_column(), records.key_hashes())):
-                    into.append(key, payload, origin, records.published[n], okey, lane, h)
+                        records.lane_column(), records.key_hashes(), records.correlation_id_column())):
+                    into.append(key, payload, origin, records.published[n], okey, lane, h, cid)
                     idx.append(i)
                 into.workflow.extend(records.workflow)
                 into.workflows = records.workflows
