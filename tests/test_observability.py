@@ -30,6 +30,7 @@ from router.control.service import Readiness, poll_stats
 from router.control.status import parse_scrape, render, run_status, view
 from router.control.supervisor import RouterStats, Supervisor, _sum_structs
 from router.delivery.intake import DELIVERED, PARKED
+from router.delivery.lanes import HIGH, LANES, LOW, NORMAL
 from router.delivery.latency import LatencyRecorder
 from router.delivery.stats import DestinationStats
 from router.histogram import LATENCY_BUCKETS, Histogram
@@ -108,26 +109,34 @@ def test_latency_is_observed_per_delivered_record_and_per_workflow(caplog):
     assert st.latency.count == 4
 
 
-def test_latency_of_a_plain_batch_lands_in_the_buckets_one_by_one_observing_would():
-    """A submit of normal-lane records without workflows is observed as arrays: the same buckets
-    as observing each delivered record, bounds included (a value on a bound belongs to it)."""
+@pytest.mark.parametrize("lanes", [None, [HIGH, LOW, NORMAL, LOW, HIGH, LOW, HIGH, LOW, LOW, HIGH, LOW, LOW]])
+def test_latency_of_a_plain_batch_lands_in_the_buckets_one_by_one_observing_would(lanes):
+    """A submit without duplicates or workflows is observed as arrays: the same buckets as
+    observing each delivered record, bounds included (a value on a bound belongs to it), for
+    the destination and for each priority lane."""
     now = 1_000 * 10**9
     ages = [0.0, 0.004, 0.005, 0.0051, 0.1, 0.7, 600.0, 601.0, -0.2, 0.3, 0.02]
     outcomes = [DELIVERED] * 9 + [PARKED, DELIVERED]
+    lane_of = lanes or [NORMAL] * 12
     batch = RecordBatch()
     for n, age in enumerate(ages):
-        batch.append(f"k{n}", b"{}", "orders/1", now - round(age * 1e9))
-    batch.append("unknown", b"{}", "orders/2", 0)  # publish time unknown: not observed
+        batch.append(f"k{n}", b"{}", "orders/1", now - round(age * 1e9), lane=lane_of[n])
+    batch.append("unknown", b"{}", "orders/2", 0, lane=lane_of[-1])  # publish time unknown: not observed
     items = [_Item(k, o) for k, o in zip(batch.keys, [*outcomes, DELIVERED])]
     st = DestinationStats()
     LatencyRecorder("erp", st, wall_ns=lambda: now, clock=lambda: 0.0).observe(batch, items)
     expected = Histogram(LATENCY_BUCKETS)
-    for age, outcome in zip(ages, outcomes):
+    per_lane = {}
+    for age, outcome, lane in zip(ages, outcomes, lane_of):
         if outcome == DELIVERED:
-            expected.observe(max((now - (now - round(age * 1e9))) / 1e9, 0.0))
-    for hist in (st.latency, st.lane_latency["normal"]):
-        assert hist.counts == expected.counts and hist.sum == pytest.approx(expected.sum)
+            s = max((now - (now - round(age * 1e9))) / 1e9, 0.0)
+            expected.observe(s)
+            per_lane.setdefault(LANES[lane], Histogram(LATENCY_BUCKETS)).observe(s)
+    for hist, want in ((st.latency, expected), *((st.lane_latency[name], h) for name, h in per_lane.items())):
+        assert hist.counts == want.counts and hist.sum == pytest.approx(want.sum)
+    assert set(st.lane_latency) == set(per_lane)  # a lane with nothing delivered gets no histogram
     assert expected.count == 10 and expected.counts[0] == 4 and expected.counts[-1] == 1
+    assert len(per_lane) == (3 if lanes else 1)
 
 
 def test_slo_config_is_checked_and_tags_records_by_type_and_destination():

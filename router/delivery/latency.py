@@ -1,8 +1,9 @@
 """End-to-end latency of a shard's records: JetStream publish time to the destination's ack.
 
 Observed once per ``submit``, when every record of it is final (that is when the source
-messages can be acked), for the records delivered then, with no per-record objects: the usual
-submit (normal lane, no workflows) is bucketed as arrays, the others record by record. Records that carry a workflow (an SLO in the config) are
+messages can be acked), for the records delivered then, with no per-record objects: a submit
+without duplicates or workflows (whatever its lanes) is bucketed as arrays, the others record by
+record. Records that carry a workflow (an SLO in the config) are
 also counted per workflow, with how many made it within the SLO; breaches are logged at most
 once per ``log_every`` seconds per workflow, with the count since the last line.
 """
@@ -46,8 +47,8 @@ class LatencyRecorder:
         workflow = records.workflow if len(records.workflow) == n else None
         lanes = records.lanes if len(records.lanes) == n else None
         now = self._wall_ns()
-        if len(items) == n == len(published) and workflow is None and lanes is None:
-            self._observe_all_normal(published, items, now)  # the usual submit, in a few array operations
+        if len(items) == n == len(published) and workflow is None:
+            self._observe_arrays(published, items, now, lanes)  # the usual submit, in a few array operations
             return
         if len(items) == n:  # no duplicates in this submit: the items line up with the records
             where: Any = range(n)
@@ -68,28 +69,37 @@ class LatencyRecorder:
                 per_lane.setdefault(lanes[i], []).append(s)
         self.stats.latency.observe_many(seconds)
         for lane, values in (per_lane.items() if lanes is not None else ((NORMAL, seconds),)):
-            hist = self.stats.lane_latency.get(LANES[lane])
-            if hist is None:
-                hist = self.stats.lane_latency[LANES[lane]] = Histogram(LATENCY_BUCKETS)
-            hist.observe_many(values)
+            self._lane(lane).observe_many(values)
         for w, values in per_workflow.items():
             name, within = records.workflows[w]
             self._observe_workflow(name, within, values)
 
-    def _observe_all_normal(self, published: list[int], items: list[Any], now: int) -> None:
-        """``observe`` for records in the normal lane without workflows, one item per record."""
+    def _observe_arrays(self, published: list[int], items: list[Any], now: int, lanes: list[int] | None) -> None:
+        """``observe`` for records without workflows, one item per record; ``lanes``: each record's
+        priority lane, None when all are normal."""
         hist = self.stats.latency
-        lane = self.stats.lane_latency.get(LANES[NORMAL])
-        if lane is None:
-            lane = self.stats.lane_latency[LANES[NORMAL]] = Histogram(LATENCY_BUCKETS)
         at = np.fromiter(published, np.int64, len(published))
         seen = (at > 0) & np.fromiter((it.outcome == DELIVERED for it in items), bool, len(items))
-        seconds = np.maximum((now - at[seen]) / 1e9, 0.0)  # clocks of two hosts may disagree a little
+        seconds = np.maximum((now - at) / 1e9, 0.0)  # clocks of two hosts may disagree a little
         # Bucket i holds the values <= bounds[i]: the first bound not below the value (``bisect_left``).
-        counts = np.bincount(np.searchsorted(hist.bounds, seconds, side="left"), minlength=len(hist.bounds) + 1)
-        total = float(seconds.sum())
-        for h in (hist, lane):
-            h.add(counts.tolist(), total)
+        buckets = np.searchsorted(hist.bounds, seconds, side="left")
+
+        def add(into: Histogram, which: Any) -> None:
+            into.add(np.bincount(buckets[which], minlength=len(hist.bounds) + 1).tolist(), float(seconds[which].sum()))
+
+        add(hist, seen)
+        if lanes is None:
+            add(self._lane(NORMAL), seen)
+            return
+        lane_of = np.fromiter(lanes, np.int64, len(lanes))
+        for lane in np.unique(lane_of[seen]).tolist():
+            add(self._lane(lane), seen & (lane_of == lane))
+
+    def _lane(self, lane: int) -> Histogram:
+        hist = self.stats.lane_latency.get(LANES[lane])
+        if hist is None:
+            hist = self.stats.lane_latency[LANES[lane]] = Histogram(LATENCY_BUCKETS)
+        return hist
 
     def _observe_workflow(self, name: str, within: float, values: list[float]) -> None:
         st = self.stats
