@@ -114,3 +114,41 @@ def test_events_matching_the_same_routes_share_one_target_list():
     plain = RouteTable([every])
     ev = event("order.created", {**ORDER, "channel": "web"}, "s")
     assert plain.targets(ev) is plain.targets(ev)
+
+
+def test_each_record_carries_its_own_routes_ordering_key_hash():
+    """The planner hashes a route's ordering key once for all its destinations; a record routed by
+    another route (another key, or none) carries that route's, and the shard follows the hash."""
+    from types import SimpleNamespace
+
+    from router.ingest.plan import IngestPlanner
+    from router.ingest.routing import ordering_hash
+
+    by_order = Route(name="by-order", destinations=["erp", "carrier"], match=Match(where={"data.total": Predicate(gt=100)}),
+                     ordering_key=["data.order_id"])
+    by_channel = Route(name="by-channel", destinations=["marketplace", "erp"], match=Match(types=["order.*"]),
+                       ordering_key=["data.channel", "source"])
+    unordered = Route(name="copy", destinations=["audit"], match=Match(types=["order.*"]))
+    table = RouteTable([by_order, by_channel, unordered])
+    pools = {"erp": 3, "carrier": 2, "marketplace": 4, "audit": 1}
+    msgs, events = [], []
+    for n, total in enumerate([150.0, 50.0, 300.0, 20.0]):
+        body = {"idempotency_key": f"k{n}", "type": "order.created", "source": f"s{n % 2}",
+                "occurred_at": "2026-11-27T10:00:00Z",
+                "data": {**ORDER, "order_id": f"O{n}", "channel": "web" if n % 3 else "pos", "total": total}}
+        msgs.append(SimpleNamespace(subject="retail.orders.web", data=orjson.dumps(body), headers=None))
+        events.append(dec.decode(msgs[-1].data, None, "retail.orders.web"))
+    plan = IngestPlanner("orders", table, pools).plan(msgs, [1, 2, 3, 4])
+    route_of = {}  # (message, destination) -> the route that sent it there (the first, as the table does)
+    for i, ev in enumerate(events):
+        for t in table.targets(ev):
+            route_of[(i, t.destination)] = {"by-order": by_order, "by-channel": by_channel, "copy": unordered}[t.route]
+    seen = 0
+    for (dest, shard), (records, idx) in plan.work.items():
+        okeys = records.order_keys or [0] * len(records)
+        for i, okey in zip(idx, okeys):
+            paths = tuple(p.split(".") for p in route_of[(i, dest)].ordering_key)
+            assert okey == ordering_hash(events[i], paths), (i, dest)
+            assert shard == (okey or records.hashes[idx.index(i)]) % pools[dest]
+            seen += 1
+    assert seen == len(route_of) == 4 * 3 + 2  # every order: erp, marketplace, audit; the two big ones carrier too

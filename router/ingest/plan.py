@@ -112,10 +112,13 @@ class IngestPlanner:
             prep.events += 1
             key, origin, at = ev.idempotency_key, f"{source}/{seqs[i]}", published[i] if published else 0
             h = key_hash(key)  # once here, not once per destination in the sink actors
+            hashed, okey_of_route = None, 0  # a route's destinations share its ordering: hash it once
             for (dest, ordering, lane, pool), payload in zip(prep.targets, payloads):
                 # An ordering key picks the shard, so one shard sees each sequence whole, in order
                 # (``shard_of``, with the key's hash in hand).
-                okey = ordering_hash(ev, ordering) if ordering else 0
+                if ordering and ordering is not hashed:
+                    hashed, okey_of_route = ordering, ordering_hash(ev, ordering)
+                okey = okey_of_route if ordering else 0
                 records, idx = work[(dest, 0 if pool == 1 else (okey or h) % pool)]
                 if okey or lane != NORMAL or records.order_keys or records.lanes:
                     records.append(key, payload, origin, at, okey, lane, h, cid)
