@@ -161,8 +161,9 @@ class SinkEmulator:
                 if isinstance(checked, web.Response):
                     return checked
                 keys = [r["idempotency_key"] for r in checked]
-            for i, key in enumerate(keys):
-                if key in f.get("reject_keys", ()):
+            reject = f.get("reject_keys")
+            for i, key in enumerate(keys if reject else ()):
+                if key in reject:
                     site.rejected += 1
                     return web.Response(status=400, text=f"record {i}: {key} fails validation")
         site.batches[batch_key] += 1

@@ -67,7 +67,6 @@ def record_headers(keys: list[str], payloads: list[bytes], revision: int,
     return out
 
 
-
 class NatsSink:
     def __init__(self, name: str, cfg: NatsDestination, nc: Client) -> None:
         self.name = name
