@@ -76,8 +76,14 @@ def _lean_keys(body: bytes, content_type: str) -> list[str] | None:
 
 class _Site:
     def __init__(self) -> None:
-        self.received: Counter[str] = Counter()
-        self.first_received: dict[str, float] = {}  # key -> Unix time of its first receipt
+        # What was received, kept so that the usual request (every key new, none twice) is counted
+        # with one bulk dict update: key -> the accepted request it first came in (an index into
+        # ``accepted_at`` / ``accepted_revision``); keys received again, each later receipt's revision.
+        self.first_request: dict[str, int] = {}
+        self.accepted_at: list[float] = []  # Unix time of each accepted request
+        self.accepted_revision: list[str] = []  # its Router-Routes-Revision header
+        self.later_revisions: dict[str, list[str]] = {}
+        self.records = 0  # receipts in all
         self.requests = 0
         self.batches: Counter[str] = Counter()  # Idempotency-Key header -> times seen
         self.rejected = 0
@@ -86,12 +92,43 @@ class _Site:
         self.request_times: list[float] = []
         self.failed_at: list[float] = []  # when injected `fail_requests` failures were answered
         self.samples: list[dict[str, Any]] = []  # the first records and their batch headers, for contract checks
-        self.revisions: dict[str, list[str]] = {}  # key -> the Router-Routes-Revision header of each receipt
         self.batch_sizes: list[int] = []
 
+    def count(self, keys: list[str], revision: str, now: float) -> None:
+        """One accepted request's keys."""
+        n = len(self.accepted_at)
+        self.accepted_at.append(now)
+        self.accepted_revision.append(revision)
+        self.records += len(keys)
+        first, fresh = self.first_request, dict.fromkeys(keys, n)
+        if len(fresh) == len(keys) and first.keys().isdisjoint(fresh):
+            first.update(fresh)
+            return
+        later = self.later_revisions
+        for key in keys:
+            if key in first:
+                later.setdefault(key, []).append(revision)
+            else:
+                first[key] = n
+
+    def received(self) -> dict[str, int]:
+        """Key -> times received."""
+        later = self.later_revisions
+        return {k: 1 + len(later[k]) if k in later else 1 for k in self.first_request}
+
+    def first_received(self) -> dict[str, float]:
+        """Key -> Unix time of its first receipt."""
+        at = self.accepted_at
+        return {k: at[i] for k, i in self.first_request.items()}
+
+    def revisions(self) -> dict[str, list[str]]:
+        """Key -> the Router-Routes-Revision header of each receipt."""
+        later, revision = self.later_revisions, self.accepted_revision
+        return {k: [revision[i], *later[k]] if k in later else [revision[i]] for k, i in self.first_request.items()}
+
     def stats(self) -> dict[str, Any]:
-        records = sum(self.received.values())
-        return {"records": records, "unique": len(self.received), "duplicates": records - len(self.received),
+        records, unique = self.records, len(self.first_request)
+        return {"records": records, "unique": unique, "duplicates": records - unique,
                 "requests": self.requests, "batches": len(self.batches), "rejected": self.rejected,
                 "request_times": self.request_times[-10_000:], "failed_at": self.failed_at}
 
@@ -167,17 +204,7 @@ class SinkEmulator:
                     site.rejected += 1
                     return web.Response(status=400, text=f"record {i}: {key} fails validation")
         site.batches[batch_key] += 1
-        revision = request.headers.get("Router-Routes-Revision", "")
-        received, first_received, revisions = site.received, site.first_received, site.revisions
-        now = time.time()
-        for key in keys:
-            if key in received:
-                received[key] += 1
-                revisions[key].append(revision)
-            else:
-                received[key] = 1
-                first_received[key] = now
-                revisions[key] = [revision]
+        site.count(keys, request.headers.get("Router-Routes-Revision", ""), time.time())
         site.batch_sizes.append(len(keys))
         return web.Response(body=b'{"accepted":%d}' % len(keys), content_type="application/json")
 
@@ -226,14 +253,14 @@ class SinkEmulator:
         return web.json_response({d: s.stats() for d, s in self.sites.items()})
 
     async def received(self, request: web.Request) -> web.Response:
-        return web.json_response(dict(self._site(request).received))
+        return web.json_response(self._site(request).received())
 
     async def receipts(self, request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps(self._site(request).first_received), content_type="application/json")
+        return web.Response(body=orjson.dumps(self._site(request).first_received()), content_type="application/json")
 
     async def revisions(self, request: web.Request) -> web.Response:
         """Key -> the route table revision header of each time it was received."""
-        return web.Response(body=orjson.dumps(self._site(request).revisions), content_type="application/json")
+        return web.Response(body=orjson.dumps(self._site(request).revisions()), content_type="application/json")
 
     async def batch_sizes(self, request: web.Request) -> web.Response:
         """Records per accepted request, in arrival order."""

@@ -36,6 +36,8 @@ def test_counts_and_refusals_on_both_paths(monkeypatch, kept_whole):
             assert await post(_records("a", "b"), {**json, "Router-Routes-Revision": "1"}) == (
                 200, '{"accepted":2}')
             assert (await post(_records("b", "c"), {**json, "Router-Routes-Revision": "2"}))[0] == 200
+            # a key twice in one request: both receipts count, the first and the second
+            assert (await post(_records("h", "h"), {**json, "Router-Routes-Revision": "3"}))[0] == 200
             # what is wrong is named the same way on either path, and nothing is counted
             no_cid = orjson.dumps([{"idempotency_key": "d", "correlation_id": "c"}, {"idempotency_key": "e"}])
             assert await post(no_cid) == (400, "record 1 lacks correlation_id")
@@ -54,10 +56,10 @@ def test_counts_and_refusals_on_both_paths(monkeypatch, kept_whole):
             return stats["erp"], received, revisions, receipts, records
 
     stats, received, revisions, receipts, records = asyncio.run(go())
-    assert received == {"a": 1, "b": 2, "c": 1}
-    assert stats["records"] == 4 and stats["unique"] == 3 and stats["duplicates"] == 1
-    assert stats["rejected"] == 5 and stats["requests"] == 7 and stats["batches"] == 1  # no batch key sent
-    assert revisions == {"a": ["1"], "b": ["1", "2"], "c": ["2"]}
-    assert sorted(receipts) == ["a", "b", "c"] and receipts["b"] == receipts["a"] <= receipts["c"]
-    assert len(records) == min(kept_whole, 4)
-    assert len(checked) == (7 if kept_whole else 4)  # lean: only the malformed requests are checked
+    assert received == {"a": 1, "b": 2, "c": 1, "h": 2}
+    assert stats["records"] == 6 and stats["unique"] == 4 and stats["duplicates"] == 2
+    assert stats["rejected"] == 5 and stats["requests"] == 8 and stats["batches"] == 1  # no batch key sent
+    assert revisions == {"a": ["1"], "b": ["1", "2"], "c": ["2"], "h": ["3", "3"]}
+    assert sorted(receipts) == ["a", "b", "c", "h"] and receipts["b"] == receipts["a"] <= receipts["c"]
+    assert len(records) == min(kept_whole, 6)
+    assert len(checked) == (8 if kept_whole else 4)  # lean: only the malformed requests are checked
