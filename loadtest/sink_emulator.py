@@ -11,7 +11,8 @@ router's HTTP contract (a JSON array of records, each with ``idempotency_key`` a
                          {"redirect": 302, "location": "http://elsewhere/erp"}  every request redirected
                          {"echo_headers": 401}  a careless error page: the request headers in the body
     DELETE /faults/<dest>
-    GET /stats           per destination: records, unique keys, duplicates, requests, batches
+    GET /stats           per destination: records, unique keys, duplicates, requests, batches,
+                         when a key not received before last came
     GET /received/<dest> key -> times received
     GET /receipts/<dest> key -> when it was first received (Unix time; end-to-end latency)
     GET /records/<dest>  the first 10,000 records with the batch Idempotency-Key they came in
@@ -84,6 +85,7 @@ class _Site:
         self.accepted_revision: list[str] = []  # its Router-Routes-Revision header
         self.later_revisions: dict[str, list[str]] = {}
         self.records = 0  # receipts in all
+        self.last_new_at = 0.0  # Unix time of the last request that brought a key not received before
         self.requests = 0
         self.batches: Counter[str] = Counter()  # Idempotency-Key header -> times seen
         self.rejected = 0
@@ -103,6 +105,7 @@ class _Site:
         first, fresh = self.first_request, dict.fromkeys(keys, n)
         if len(fresh) == len(keys) and first.keys().isdisjoint(fresh):
             first.update(fresh)
+            self.last_new_at = now
             return
         later = self.later_revisions
         for key in keys:
@@ -110,6 +113,7 @@ class _Site:
                 later.setdefault(key, []).append(revision)
             else:
                 first[key] = n
+                self.last_new_at = now
 
     def received(self) -> dict[str, int]:
         """Key -> times received."""
@@ -130,7 +134,8 @@ class _Site:
         records, unique = self.records, len(self.first_request)
         return {"records": records, "unique": unique, "duplicates": records - unique,
                 "requests": self.requests, "batches": len(self.batches), "rejected": self.rejected,
-                "request_times": self.request_times[-10_000:], "failed_at": self.failed_at}
+                "request_times": self.request_times[-10_000:], "failed_at": self.failed_at,
+                "last_new_at": self.last_new_at}
 
 
 class SinkEmulator:
