@@ -58,6 +58,43 @@ def test_batches_are_capped_and_each_key_delivered_once():
     assert len(d.ports.journal.committed) == 26
 
 
+def test_batches_are_cut_at_max_bytes_and_where_the_route_revision_changes():
+    """A batch is at most ``max_bytes`` (a record larger than that goes alone) and all of one route
+    table revision; the queue's head is cut whole only when it is both."""
+    async def go():
+        sink = ScriptedSink(latency=0.5)
+        d = make(sink, batch={"max_records": 10, "max_bytes": 200, "linger": 0.0}, concurrency=1)
+        await d.start()
+        first = asyncio.ensure_future(d.submit(recs("first"), 1))
+        await asyncio.sleep(0.1)  # the first request is out: what follows queues behind it
+        big = RecordBatch()
+        big.append("big", b"x" * 300, "src/1")
+        rest = [asyncio.ensure_future(d.submit(recs(*[f"a{i}" for i in range(9)]), 1)),  # 24 bytes each
+                asyncio.ensure_future(d.submit(big, 1)),
+                asyncio.ensure_future(d.submit(recs("c0"), 1)),
+                asyncio.ensure_future(d.submit(recs("d0", "d1"), 2))]
+        await asyncio.gather(first, *rest)
+        await d.close()
+        return sink
+
+    sink = run_simulated(go())
+    assert sink.calls == [["first"], [f"a{i}" for i in range(8)], ["a8"], ["big"], ["c0"], ["d0", "d1"]]
+
+
+def test_a_key_twice_in_one_submit_goes_once():
+    async def go():
+        sink = ScriptedSink()
+        d = make(sink)
+        await d.start()
+        result = await d.submit(recs("a", "b", "a"))
+        await d.close()
+        return sink, result
+
+    sink, result = run_simulated(go())
+    assert sink.calls == [["a", "b"]]
+    assert result.delivered == 2 and result.duplicates == 1
+
+
 def test_a_partial_batch_waits_for_more_records_only_while_a_batch_is_on_its_way():
     """Nagle's rule: records reaching an idle shard go at once; while a request is out, later
     ones gather (up to ``linger``) and go together when it is answered."""

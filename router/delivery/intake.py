@@ -10,12 +10,16 @@ whose turn it is (``lanes.py``). A batch holds records of one lane.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from operator import attrgetter, itemgetter
 from typing import Any, Callable
+
+import msgspec
 
 from router.config import BatchConfig
 from router.delivery.change_signal import ChangeSignal
 from router.delivery.dedup_index import DedupIndex
-from router.delivery.lanes import LANES, NORMAL, LaneScheduler
+from router.delivery.lanes import LANES, LaneScheduler
 
 __all__ = ["Admission", "Completion", "Intake", "PendingRecord"]
 
@@ -32,24 +36,28 @@ class Completion:
     def __init__(self, n: int, future: asyncio.Future) -> None:
         self.remaining, self.future = n, future
 
-    def settle_one(self) -> None:
-        self.remaining -= 1
+    def settle(self, n: int = 1) -> None:
+        self.remaining -= n
         if self.remaining == 0 and not self.future.done():
             self.future.set_result(None)
 
 
-class PendingRecord:
-    __slots__ = ("h", "key", "payload", "origin", "revision", "okey", "lane", "cid", "group", "queued_at",
-                 "outcome")
+class PendingRecord(msgspec.Struct, eq=False):
+    """A record queued for a destination shard: one per record and destination, so a Struct, made
+    in C (100 ns against 390 for a class with ``__slots__`` and an ``__init__``). ``eq=False``:
+    compared and hashed by identity. The first seven fields are a ``Fresh`` tuple's, in its order."""
 
-    def __init__(self, h: int, key: str, payload: bytes, origin: str, revision: int, group: Completion,
-                 queued_at: float, okey: int = 0, lane: int = NORMAL, cid: str = "") -> None:
-        self.h, self.key, self.payload, self.origin, self.revision = h, key, payload, origin, revision
-        self.okey = okey  # ordering key hash: 0 none
-        self.lane = lane
-        self.cid = cid  # its correlation id, when the ingest sent it ("": the sink reads it from the record)
-        self.group, self.queued_at = group, queued_at
-        self.outcome: Any = None  # DELIVERED, DEAD_LETTERED, PARKED or the exception that stopped it
+    h: int
+    key: str
+    payload: bytes
+    origin: str
+    okey: int  # ordering key hash: 0 none
+    lane: int
+    cid: str  # its correlation id, when the ingest sent it ("": the sink reads it from the record)
+    revision: int
+    group: Completion
+    queued_at: float
+    outcome: Any = None  # DELIVERED, DEAD_LETTERED, PARKED or the exception that stopped it
 
 
 # (hash, key, payload, origin, ordering key, lane, correlation id or "") of a record admitted as new
@@ -92,10 +100,13 @@ class Intake:
         seen: set[int] = set()
         in_flight, fresh = self.in_flight, out.fresh
         hashes = records.key_hashes()
-        known = self.index.contains_many(hashes).tolist()  # one vectorised lookup for the batch
-        for h, was_known, key, payload, origin, okey, lane, cid in zip(
-                hashes, known, records.keys, records.payloads, records.origins, records.order_key_column(),
-                records.lane_column(), records.correlation_id_column()):
+        known = self.index.contains_many(hashes)  # one vectorised lookup for the batch
+        columns = (records.keys, records.payloads, records.origins, records.order_key_column(),
+                   records.lane_column(), records.correlation_id_column())
+        if not known.any() and in_flight.keys().isdisjoint(hashes) and len(set(hashes)) == len(hashes):
+            out.fresh = list(zip(hashes, *columns))  # the usual batch: every record new, built in C
+            return out
+        for h, was_known, key, payload, origin, okey, lane, cid in zip(hashes, known.tolist(), *columns):
             if was_known or h in seen:
                 out.duplicates += 1
                 continue
@@ -109,14 +120,15 @@ class Intake:
         return out
 
     def enqueue(self, fresh: list[Fresh], revision: int, group: Completion, now: float) -> list[PendingRecord]:
-        items = []
-        lanes, in_flight = self.lanes, self.in_flight
-        for h, key, payload, origin, okey, lane, cid in fresh:
-            item = PendingRecord(h, key, payload, origin, revision, group, now, okey, lane, cid)
-            items.append(item)
-            lanes[lane].append(item)
-            in_flight[h] = group
-            self.queue_bytes += len(payload)
+        items = [PendingRecord(*f, revision, group, now) for f in fresh]
+        lanes = set(map(_LANE_OF, fresh))
+        if len(lanes) == 1:
+            self.lanes[lanes.pop()].extend(items)
+        else:
+            for item in items:
+                self.lanes[item.lane].append(item)
+        self.in_flight.update(dict.fromkeys(map(_HASH_OF, fresh), group))
+        self.queue_bytes += sum(map(len, map(_PAYLOAD_OF, fresh)))
         self.queued += len(items)
         self.wakeup.set()
         return items
@@ -129,12 +141,13 @@ class Intake:
         return other
 
     def settle(self, batch: list[PendingRecord], outcome: Any) -> None:
-        in_flight = self.in_flight
-        for item in batch:
-            if item.outcome is None:
-                in_flight.pop(item.h, None)
-                item.outcome = outcome
-                item.group.settle_one()
+        pop = self.in_flight.pop
+        final = [item for item in batch if item.outcome is None]
+        for item in final:
+            pop(item.h, None)
+            item.outcome = outcome
+        for group, n in Counter(map(_GROUP, final)).items():  # counted in C; most batches have one group
+            group.settle(n)
 
     # -- the queue --------------------------------------------------------------------------------
 
@@ -186,13 +199,17 @@ class Intake:
         busy = self.busy
         if busy and any(i.okey in busy for i in queue):
             return self._take_around_busy(lane, max_records, max_bytes)
-        n, size = 0, 0
+        head = queue[:max_records]
         revision = queue[0].revision
-        for item in queue:
-            if n and (n >= max_records or size + len(item.payload) > max_bytes or item.revision != revision):
-                break
-            n += 1
-            size += len(item.payload)
+        if sum(map(len, map(_PAYLOAD, head))) <= max_bytes and set(map(_REVISION, head)) == {revision}:
+            n = len(head)  # the usual batch: the head of the queue, whole
+        else:
+            n, size = 0, 0
+            for item in head:
+                if n and (size + len(item.payload) > max_bytes or item.revision != revision):
+                    break
+                n += 1
+                size += len(item.payload)
         batch = self._take_first(lane, n)
         busy.update(i.okey for i in batch if i.okey)
         return batch
@@ -265,5 +282,9 @@ class Intake:
         queue = self.lanes[lane]
         taken, self.lanes[lane] = queue[:n], queue[n:]
         self.queued -= n
-        self.queue_bytes -= sum(len(i.payload) for i in taken)
+        self.queue_bytes -= sum(map(len, map(_PAYLOAD, taken)))
         return taken
+
+
+_HASH_OF, _PAYLOAD_OF, _LANE_OF = itemgetter(0), itemgetter(2), itemgetter(5)  # of a Fresh tuple
+_PAYLOAD, _REVISION, _GROUP = attrgetter("payload"), attrgetter("revision"), attrgetter("group")  # of a PendingRecord

@@ -341,7 +341,7 @@ class DestinationShard:
             if other is not None:
                 waits.append((h, other))  # another delivery has it in hand
                 continue
-            item = PendingRecord(h, rec.key, rec.payload, rec.origin, rec.revision, group, now, rec.okey, rec.lane)
+            item = PendingRecord(h, rec.key, rec.payload, rec.origin, rec.okey, rec.lane, "", rec.revision, group, now)
             items.append(item)
             waits.append((h, item))
         group.remaining = len(items)
