@@ -63,6 +63,22 @@ def test_old_calls_leave_the_window():
     assert b.state == CLOSED  # 1 of 5 in the window
 
 
+def test_calls_before_it_opened_do_not_count_once_it_closes_again():
+    b, clock = breaker(failure_rate=0.5, min_calls=4, window=10.0, consecutive_failures=100, open_for=1.0,
+                       half_open_probes=1)
+    for _ in range(4):
+        b.on_failure(0.1)
+    assert b.state == OPEN
+    clock.t += 1.0
+    assert b.try_probe()
+    b.on_success(0.1)
+    assert b.state == CLOSED
+    for _ in range(3):
+        b.on_success(0.1)
+    b.on_failure(0.1)
+    assert b.state == CLOSED  # 1 of 4 since it closed
+
+
 def test_opens_on_slow_calls():
     b, _ = breaker(slow_call=1.0, slow_call_rate=0.8, min_calls=5)
     for _ in range(5):
