@@ -529,8 +529,8 @@ def test_a_park_replay_does_not_wait_for_a_lane_whose_records_go_to_the_park():
     the turn from a replay: else the replay waits on records that never go to the destination."""
     async def go():
         intake = Intake(DedupIndex(3600, 1000), parse_section({}, BatchConfig))
-        adm = intake.admit(lane_recs(HIGH, *[f"high{i}" for i in range(50)]))
-        intake.enqueue(adm.fresh, 0, Completion(len(adm.fresh), asyncio.get_running_loop().create_future()), 0.0)
+        group = Completion(50, asyncio.get_running_loop().create_future())
+        intake.enqueue(intake.admit(lane_recs(HIGH, *[f"high{i}" for i in range(50)]), 0, group, 0.0).fresh)
         return intake.my_turn(LOW, 10), intake.my_turn(LOW, 10, frozenset({HIGH}))
 
     competing, behind_the_park = run_simulated(go())

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from operator import attrgetter, itemgetter
+from itertools import repeat
+from operator import attrgetter
 from typing import Any, Callable
 
 import msgspec
@@ -44,8 +45,8 @@ class Completion:
 
 class PendingRecord(msgspec.Struct, eq=False):
     """A record queued for a destination shard: one per record and destination, so a Struct, made
-    in C (100 ns against 390 for a class with ``__slots__`` and an ``__init__``). ``eq=False``:
-    compared and hashed by identity. The first seven fields are a ``Fresh`` tuple's, in its order."""
+    in C (100 ns against 390 for a class with ``__slots__`` and an ``__init__``), straight from the
+    submitted batch's columns. ``eq=False``: compared and hashed by identity."""
 
     h: int
     key: str
@@ -60,9 +61,6 @@ class PendingRecord(msgspec.Struct, eq=False):
     outcome: Any = None  # DELIVERED, DEAD_LETTERED, PARKED or the exception that stopped it
 
 
-# (hash, key, payload, origin, ordering key, lane, correlation id or "") of a record admitted as new
-Fresh = tuple[int, str, bytes, str, int, int, str]
-
 ALL_LANES = frozenset(range(len(LANES)))
 
 
@@ -72,7 +70,7 @@ class Admission:
     __slots__ = ("fresh", "duplicates", "waits_on")
 
     def __init__(self) -> None:
-        self.fresh: list[Fresh] = []
+        self.fresh: list[PendingRecord] = []  # the records new to this shard, in order
         self.duplicates = 0
         self.waits_on: set[Completion] = set()  # deliveries in hand that stand for some of these records
 
@@ -94,8 +92,9 @@ class Intake:
         self.released = ChangeSignal()  # whenever a batch gives its ordering keys back
         self.turned = ChangeSignal()  # whenever a lane's batch is taken: another lane's turn may be next
 
-    def admit(self, records: Any) -> Admission:
-        """``records``: a ``RecordBatch``."""
+    def admit(self, records: Any, revision: int, group: Completion, now: float) -> Admission:
+        """``records``: a ``RecordBatch`` routed by route table ``revision``; its new records are
+        made ready to queue as part of ``group``, queued at ``now``."""
         out = Admission()
         seen: set[int] = set()
         in_flight, fresh = self.in_flight, out.fresh
@@ -104,7 +103,8 @@ class Intake:
         columns = (records.keys, records.payloads, records.origins, records.order_key_column(),
                    records.lane_column(), records.correlation_id_column())
         if not known.any() and in_flight.keys().isdisjoint(hashes) and len(set(hashes)) == len(hashes):
-            out.fresh = list(zip(hashes, *columns))  # the usual batch: every record new, built in C
+            # The usual batch, every record new: made in C, column by column.
+            out.fresh = list(map(PendingRecord, hashes, *columns, repeat(revision), repeat(group), repeat(now)))
             return out
         for h, was_known, key, payload, origin, okey, lane, cid in zip(hashes, known.tolist(), *columns):
             if was_known or h in seen:
@@ -116,22 +116,23 @@ class Intake:
                 out.duplicates += 1
                 continue
             seen.add(h)
-            fresh.append((h, key, payload, origin, okey, lane, cid))
+            fresh.append(PendingRecord(h, key, payload, origin, okey, lane, cid, revision, group, now))
         return out
 
-    def enqueue(self, fresh: list[Fresh], revision: int, group: Completion, now: float) -> list[PendingRecord]:
-        items = [PendingRecord(*f, revision, group, now) for f in fresh]
-        lanes = set(map(_LANE_OF, fresh))
+    def enqueue(self, items: list[PendingRecord]) -> None:
+        """Admitted records (of one group) join their lanes' queues and are on their way."""
+        if not items:
+            return
+        lanes = set(map(_LANE, items))
         if len(lanes) == 1:
             self.lanes[lanes.pop()].extend(items)
         else:
             for item in items:
                 self.lanes[item.lane].append(item)
-        self.in_flight.update(dict.fromkeys(map(_HASH_OF, fresh), group))
-        self.queue_bytes += sum(map(len, map(_PAYLOAD_OF, fresh)))
+        self.in_flight.update(dict.fromkeys(map(_HASH, items), items[0].group))
+        self.queue_bytes += sum(map(len, map(_PAYLOAD, items)))
         self.queued += len(items)
         self.wakeup.set()
-        return items
 
     def claim(self, h: int, group: Completion) -> Completion | None:
         """Mark a key as being delivered by ``group``; returns the group already delivering it, if any."""
@@ -286,5 +287,5 @@ class Intake:
         return taken
 
 
-_HASH_OF, _PAYLOAD_OF, _LANE_OF = itemgetter(0), itemgetter(2), itemgetter(5)  # of a Fresh tuple
-_PAYLOAD, _REVISION, _GROUP = attrgetter("payload"), attrgetter("revision"), attrgetter("group")  # of a PendingRecord
+_HASH, _PAYLOAD, _LANE = attrgetter("h"), attrgetter("payload"), attrgetter("lane")  # of a PendingRecord
+_REVISION, _GROUP = attrgetter("revision"), attrgetter("group")

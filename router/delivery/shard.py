@@ -27,7 +27,7 @@ import msgspec
 from router.config import Destination
 from router.delivery.dedup_index import DedupIndex
 from router.delivery.key_hash import key_hash
-from router.delivery.intake import DEAD_LETTERED, DELIVERED, PARKED, Completion, Fresh, Intake, PendingRecord
+from router.delivery.intake import DEAD_LETTERED, DELIVERED, PARKED, Completion, Intake, PendingRecord
 from router.delivery.lanes import LANES
 from router.delivery.latency import LatencyRecorder
 from router.delivery.park_events import ParkEventLog
@@ -160,7 +160,8 @@ class DestinationShard:
         """``records``: a ``RecordBatch``; ``revision``: the route table revision that routed them.
         ``admitted`` is set once the records have their place (queued or parked): from then on
         records submitted later go behind them."""
-        adm = self.intake.admit(records)
+        group = Completion(0, asyncio.get_running_loop().create_future())  # counted once placed
+        adm = self.intake.admit(records, revision, group, self._clock())
         self.stats.duplicates += adm.duplicates
         items: list[PendingRecord] = []
         parked_now = 0
@@ -169,12 +170,17 @@ class DestinationShard:
             assert self.park is not None
             if self.intake.busy or self.intake.queued:
                 await self._wait_until_behind(fresh)
-            await self.park.park([(k, p, o, revision, ok, lane) for _, k, p, o, ok, lane, _cid in fresh], reason)
-            self._count_lanes(self.stats.lane_parked, (f[5] for f in fresh))
+            await self.park.park([(i.key, i.payload, i.origin, revision, i.okey, i.lane) for i in fresh], reason)
+            self._count_lanes(self.stats.lane_parked, (i.lane for i in fresh))
             parked_now += len(fresh)
         if to_queue:
-            group = Completion(len(to_queue), asyncio.get_running_loop().create_future())
-            items = self.intake.enqueue(to_queue, revision, group, self._clock())
+            if to_park:  # queued after the parking above: from now on
+                now = self._clock()
+                for i in to_queue:
+                    i.queued_at = now
+            items = to_queue
+            group.remaining = len(items)
+            self.intake.enqueue(to_queue)
             _set(admitted)
             await group.future
         _set(admitted)
@@ -188,15 +194,15 @@ class DestinationShard:
         return SubmitResult(delivered=outcomes.count(DELIVERED), duplicates=adm.duplicates,
                             dead_lettered=outcomes.count(DEAD_LETTERED), parked=outcomes.count(PARKED) + parked_now)
 
-    def _place(self, fresh: list[Fresh]) -> tuple[list[Fresh], list[tuple[str, list[Fresh]]]]:
+    def _place(self, fresh: list[PendingRecord]) -> tuple[list[PendingRecord], list[tuple[str, list[PendingRecord]]]]:
         """Which new records join the queue and which go straight to the park (with the reason): a
         lane parks while the breaker is open, while it has records parked earlier, or when it and
         the lanes above it would hold more than ``buffer.max_records``; so low is parked first."""
         if self.park is None or not fresh:
             return fresh, []
         incoming = [0] * len(LANES)
-        for f in fresh:
-            incoming[f[5]] += 1
+        for lane, n in Counter(i.lane for i in fresh).items():
+            incoming[lane] += n
         reasons: list[str | None] = []
         above = queued = 0
         for lane in range(len(LANES)):
@@ -205,10 +211,10 @@ class DestinationShard:
             reasons.append(self.park.reason_to_park(lane, queued, above) if incoming[lane] else None)
         if not any(reasons):
             return fresh, []
-        to_park: dict[str, list[Fresh]] = {}
+        to_park: dict[str, list[PendingRecord]] = {}
         to_queue = []
         for f in fresh:
-            reason = reasons[f[5]]
+            reason = reasons[f.lane]
             if reason is None:
                 to_queue.append(f)
             else:
@@ -301,10 +307,10 @@ class DestinationShard:
             self._count_lanes(self.stats.lane_parked, (i.lane for i in items))
             self.intake.settle(items, PARKED)
 
-    async def _wait_until_behind(self, fresh: list[Fresh]) -> None:
+    async def _wait_until_behind(self, fresh: list[PendingRecord]) -> None:
         """Before parking records that carry an ordering key, let the earlier records of that key that
         are queued or on their way reach the destination or the park first."""
-        okeys = {f[4] for f in fresh if f[4]}
+        okeys = {f.okey for f in fresh if f.okey}
         while okeys and self.intake.ahead_of(okeys):
             released = self.intake.released.watch()
             self.intake.wakeup.set()

