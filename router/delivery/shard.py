@@ -180,7 +180,7 @@ class DestinationShard:
                     i.queued_at = now
             items = to_queue
             group.remaining = len(items)
-            self.intake.enqueue(to_queue)
+            self.intake.enqueue(items)
             _set(admitted)
             await group.future
         _set(admitted)
