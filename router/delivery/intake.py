@@ -37,7 +37,8 @@ class Completion:
     def __init__(self, n: int, future: asyncio.Future) -> None:
         self.remaining, self.future = n, future
 
-    def settle(self, n: int = 1) -> None:
+    def settle(self, n: int) -> None:
+        """``n`` more of its records are final."""
         self.remaining -= n
         if self.remaining == 0 and not self.future.done():
             self.future.set_result(None)
