@@ -3,14 +3,21 @@
 For every fetched batch: plan it (decode, route, encode, group by destination shard), send one
 call per (destination, shard) to the sink actors, dead-letter what cannot be decoded or routed,
 then ack each message whose destinations are all final, and NAK (with delay) the ones a
-destination could not take yet. Acks are per message, never AckAll: batches finish out of order.
-At most ``max_inflight_batches`` batches are open at once; that window is the backpressure.
+destination could not take yet. At most ``max_inflight_batches`` batches are open at once; that
+window is the backpressure.
+
+A consumer with ``ack_policy: all`` (the source's ``ack: watermark``; this actor is its one reader)
+is acked by watermark instead: batches finish out of order, so ``AckWatermark`` holds each settled
+batch until those before it are settled too, then one ack covers them all. A NAKed message holds
+the watermark until it comes back and is settled; settled batches waiting meanwhile get progress
+acks like open ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from typing import Any
@@ -18,10 +25,12 @@ from typing import Any
 import msgspec
 import nats.errors
 import ray
+from nats.js import api
 
 from router.config import Config
 from router.control.gc_tuning import tune_gc
 from router.control.logging_setup import configure_from_environment
+from router.jetstream.ack_watermark import AckWatermark
 from router.jetstream.dead_letters import DeadLetterPublisher
 from router.ingest.plan import IngestPlanner
 from router.jetstream.connection import connect
@@ -75,6 +84,7 @@ class IngestActor:
         self._open: dict[int, tuple[float, list[Any]]] = {}  # batch id -> (fetched at, messages)
         self._batch_ids = 0
         self.consumer: PullConsumer | None = None
+        self.watermark: AckWatermark | None = None  # acks by watermark (the consumer acks all below)
 
     def _next_seq(self, dest: str, shard: int) -> tuple[int, int]:
         """This actor's count of calls to one sink actor: it puts them in order at the other end; and
@@ -122,6 +132,9 @@ class IngestActor:
         """Answered once the actor is up (its process started, the sink actors found)."""
         return True
 
+    async def pid(self) -> int:
+        return os.getpid()
+
     async def stats(self) -> IngestStats:
         self.stats_.in_flight = sum(len(m) for _, m in self._open.values())
         return msgspec.structs.replace(self.stats_)
@@ -137,8 +150,12 @@ class IngestActor:
         js = nc.jetstream()
         dlq = DeadLetterPublisher(js, self.cfg.dead_letter.stream, self.cfg.dead_letter.subject_prefix)
         durable = src.durable if self.partition is None else src.consumers[self.partition]
-        if any(r.ordering_key for r in self.cfg.route_list):  # then this actor is its consumer's one reader
+        # The consumer's own ack policy decides: the config may have changed since it was made.
+        by_watermark = (await js.consumer_info(src.stream, durable)).config.ack_policy == api.AckPolicy.ALL
+        if by_watermark or any(r.ordering_key for r in self.cfg.route_list):  # this actor is its one reader
             await rewind_to_ack_floor(js, src.stream, durable)
+        if by_watermark:
+            self.watermark = AckWatermark((await js.consumer_info(src.stream, durable)).delivered.consumer_seq + 1)
         consumer = self.consumer = PullConsumer(nc, src.stream, durable, partitioned=self.partition is not None)
         await consumer.start()
         tune_gc()
@@ -154,6 +171,9 @@ class IngestActor:
         try:
             while not self._stopping.is_set():
                 await self._running.wait()
+                if self.watermark is not None and self.watermark.broken:
+                    await self._read_again_from_ack_floor(js, durable, tasks)
+                    continue
                 await window.acquire()
                 if self._stopping.is_set():
                     window.release()
@@ -180,7 +200,11 @@ class IngestActor:
                 bid = self._batch_ids = self._batch_ids + 1
                 self._open[bid] = (time.monotonic(), msgs)  # open before the fetch counts as over (pause)
                 self._fetching = False
-                task = asyncio.get_running_loop().create_task(self._see_through(bid, msgs, dlq, window))
+                seqs, published, dseqs = seqs_and_published(m.reply for m in msgs)
+                if self.watermark is not None:
+                    self.watermark.fetched(bid, seqs, dseqs, msgs)
+                task = asyncio.get_running_loop().create_task(
+                    self._see_through(bid, msgs, seqs, published, dlq, window))
                 tasks.add(task)
                 task.add_done_callback(settled)
             if tasks:
@@ -194,21 +218,25 @@ class IngestActor:
                 pass
         return await self.stats()
 
-    async def _see_through(self, bid: int, msgs: list[Any], dlq: DeadLetterPublisher,
-                           window: asyncio.Semaphore) -> None:
+    async def _see_through(self, bid: int, msgs: list[Any], seqs: list[int], published: list[int],
+                           dlq: DeadLetterPublisher, window: asyncio.Semaphore) -> None:
         try:
-            await self._route_and_settle(msgs, dlq)
-        except Exception:
-            # A bug past the per-message guards: NAK the whole batch (with delay) rather than leave
-            # it unsettled until ack_wait; dedup stops a second delivery of what already went out.
-            log.exception("ingest %s: a batch of %d failed; NAKing it", self.src.name, len(msgs))
-            await self._settle(msgs, set(range(len(msgs))))
+            try:
+                failed = await self._route_and_deliver(msgs, seqs, published, dlq)
+            except Exception:
+                # A bug past the per-message guards: NAK the whole batch (with delay) rather than leave
+                # it unsettled until ack_wait; dedup stops a second delivery of what already went out.
+                log.exception("ingest %s: a batch of %d failed; NAKing it", self.src.name, len(msgs))
+                failed = set(range(len(msgs)))
+            await self._settle(bid, msgs, seqs, failed)
         finally:
             self._open.pop(bid, None)
             window.release()
 
-    async def _route_and_settle(self, msgs: list[Any], dlq: DeadLetterPublisher) -> None:
-        seqs, published = seqs_and_published(m.reply for m in msgs)
+    async def _route_and_deliver(self, msgs: list[Any], seqs: list[int], published: list[int],
+                                 dlq: DeadLetterPublisher) -> set[int]:
+        """Plan the batch, dead-letter what cannot go, deliver the rest; the indexes of the messages
+        not final yet (to be redelivered)."""
         planner, workers = self.planner, self.workers  # one revision for the whole batch
         try:
             plan = planner.plan(msgs, seqs, published)
@@ -228,13 +256,13 @@ class IngestActor:
         calls = [(idx, *self._submit(workers, dest, shard, records))
                  for (dest, shard), (records, idx) in plan.work.items()]
         try:
-            await self._finish(msgs, plan, rejected, letters, calls, dlq)
+            return await self._finish(msgs, plan, rejected, letters, calls, dlq)
         finally:
             for _, (dest, shard, seq), _ in calls:
                 self._unanswered[(dest, shard)].discard(seq)
 
     async def _finish(self, msgs: list[Any], plan: Any, rejected: list[tuple[int, str]], letters: list[Any],
-                      calls: list[tuple[Any, Any, Any]], dlq: DeadLetterPublisher) -> None:
+                      calls: list[tuple[Any, Any, Any]], dlq: DeadLetterPublisher) -> set[int]:
         failed: set[int] = set()
         # Letter by letter: one that cannot be stored is NAKed alone (redelivered later), the
         # others are acked. An oversized one is cut to fit by the publisher, never refused for size.
@@ -256,7 +284,7 @@ class IngestActor:
                 log.warning("ingest %s: %d records not final, will be redelivered: %s",
                             self.src.name, len(idx), str(res).splitlines()[-1][:300])
                 failed.update(idx)
-        await self._settle(msgs, failed)
+        return failed
 
     async def _answer(self, call: tuple[str, int, int], ref: Any) -> Any:
         """A sink actor's answer to one call; from then on the call is not open (the floor a sink
@@ -267,8 +295,24 @@ class IngestActor:
         finally:
             self._unanswered[(dest, shard)].discard(seq)
 
-    async def _settle(self, msgs: list[Any], failed: set[int]) -> None:
-        delay, consumer = self.src.redelivery_delay, self.consumer
+    async def _settle(self, bid: int, msgs: list[Any], seqs: list[int], failed: set[int]) -> None:
+        delay, consumer, mark = self.src.redelivery_delay, self.consumer, self.watermark
+        if mark is not None:
+            back = [msgs[i] for i in sorted(failed)]
+            if back:  # before the NAK goes out: no ack may pass them
+                mark.given_back(bid, [seqs[i] for i in failed], [m for i, m in enumerate(msgs) if i not in failed])
+            point = mark.settled(bid)
+            self.stats_.nacked += len(back)
+            self.stats_.acked += len(msgs) - len(back)  # acked, or held to be acked with a later batch
+            try:
+                if back:
+                    await consumer.nak_many(back, delay)
+                if point is not None:
+                    await consumer.ack_all(point)
+            except nats.errors.Error as exc:
+                # Not sent: a later ack covers these; a lost NAK means a redelivery after ack_wait.
+                log.warning("ingest %s: ack failed (%s)", self.src.name, exc)
+            return
         try:
             if not failed:  # the usual case: the whole batch at once
                 await consumer.ack_many(msgs)
@@ -281,15 +325,30 @@ class IngestActor:
             # Not acked: JetStream redelivers after ack_wait, and dedup stops a second delivery.
             log.warning("ingest %s: ack failed (%s)", self.src.name, exc)
 
+    async def _read_again_from_ack_floor(self, js: Any, durable: str, tasks: set[asyncio.Task]) -> None:
+        """A delivery went missing (``AckWatermark.broken``, e.g. lost with a broken connection): no
+        ack is safe any more. The batches in hand finish, then the consumer is read again from its ack
+        floor; what comes twice, dedup drops."""
+        log.warning("ingest %s: a delivery of consumer %s went missing; reading it again from its ack floor",
+                    self.src.name, durable)
+        if tasks:
+            await asyncio.gather(*list(tasks), return_exceptions=True)
+        assert self.consumer is not None
+        self.consumer.discard_buffered()
+        await rewind_to_ack_floor(js, self.src.stream, durable)
+        self.watermark = AckWatermark((await js.consumer_info(self.src.stream, durable)).delivered.consumer_seq + 1)
+
     async def _progress_acks(self) -> None:
         """Tell JetStream that batches still open are being worked on, before ``ack_wait`` runs out."""
         every = max(self.src.ack_wait / 3.0, 0.5)
         while True:
             await asyncio.sleep(every)
             horizon = time.monotonic() - every
-            for fetched_at, msgs in list(self._open.values()):
-                if fetched_at <= horizon:
-                    try:
-                        await self.consumer.in_progress_many(msgs)
-                    except Exception:  # best effort; redelivery is still safe
-                        pass
+            waiting = [msgs for fetched_at, msgs in list(self._open.values()) if fetched_at <= horizon]
+            if self.watermark is not None:  # settled, waiting for an ack that covers them
+                waiting += self.watermark.held()
+            for msgs in waiting:
+                try:
+                    await self.consumer.in_progress_many(msgs)
+                except Exception:  # best effort; redelivery is still safe
+                    pass

@@ -324,7 +324,8 @@ def _router_config(nats_url: str, stream: str, subjects: list[str], durable: str
     # second one on two cores added CPU and an actor process's memory, not events/s. Every pull
     # costs a Ray call and a submit per destination, about a millisecond of a sink actor's CPU
     # whatever its size: pulls of 3,000 with 4 in hand carried 15% more events/s here than 1,000
-    # with 8 (2,000 and 4: 10%), for 4,000 more events in hand.
+    # with 8 (2,000 and 4: 10%), for 4,000 more events in hand. Its one reader acks by watermark:
+    # one ack per batch instead of one per message (README "Acks by watermark").
     if dest_kind == "nats":
         dests = {d: {"kind": "nats", "subject": f"out{tag}.{d}", "batch": {"max_records": 1000},
                      "concurrency": 16} for d in DESTS}
@@ -335,7 +336,8 @@ def _router_config(nats_url: str, stream: str, subjects: list[str], durable: str
         "nats": {"url": nats_url},
         "sources": [{"name": "bench", "stream": stream, "subjects": subjects, "durable": durable,
                      "create_stream": False, "fetch_batch": 3000, "max_inflight_batches": 4,
-                     "ingest_actors": ingest_actors}],
+                     "ingest_actors": ingest_actors,
+                     "ack": "watermark" if ingest_actors == 1 else "message"}],
         "destinations": dests,
         "routes": routes or [{"name": "fan-out", "destinations": list(DESTS)}],
         "dedup": {"stream": f"BENCH_DEDUP{tag.upper()}"},

@@ -98,6 +98,9 @@ class Source(Base):
     scale_down_pending: Annotated[int, msgspec.Meta(ge=0)] = 1_000  # lag per actor below which one is removed
     scale_hold: Duration = 15.0  # how long the lag must stay past a threshold before a change
     redelivery_delay: Duration = 2.0  # NAK delay when a destination could not take a record yet
+    # `watermark` needs one reader per consumer (README "Acks by watermark"); an existing consumer is
+    # created again from its ack floor when this changes
+    ack: Literal["message", "watermark"] = "message"  # one ack per message, or one per batch that acks all before it
     # Several ingest actors that keep each key's order (README "Several ingest actors, in order"):
     partitions: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # one consumer `<durable>-p<k>` and ingest actor each
     partition_token: Annotated[int, msgspec.Meta(ge=1)] | None = None  # subject token (1-based, a `*`) carrying the key
@@ -380,6 +383,13 @@ def check_references(cfg: Config, file: str, routes_file: str) -> None:
         problem = src.partition_problem()
         if problem:
             raise ConfigError(file, f"sources[{i}].{problem[0]}", problem[1])
+        if src.ack == "watermark" and src.partitions == 1 and max(src.ingest_actors, src.max_ingest_actors or 1) > 1:
+            raise ConfigError(file, f"sources[{i}].ack",
+                              "watermark acks a batch and every message before it, which is safe only when one "
+                              f"ingest actor reads the consumer, but ingest_actors: {src.ingest_actors}"
+                              + (f" and max_ingest_actors: {src.max_ingest_actors}" if src.max_ingest_actors else "")
+                              + " share it; set ingest_actors: 1 and no max_ingest_actors, or partitions (one "
+                              "consumer and ingest actor each), or ack: message")
         if src.max_ingest_actors is not None:
             if src.max_ingest_actors < src.ingest_actors:
                 raise ConfigError(file, f"sources[{i}].max_ingest_actors",

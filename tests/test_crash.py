@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import ray
 import yaml
 
@@ -21,7 +22,7 @@ from router.control.supervisor import Supervisor
 
 from .conftest import wait_until
 from .harness import (all_received, assert_exactly, config, in_flight_bound, kill_process_tree, poll_until, publish,
-                      publish_paced, received, times_received, wait_complete, wait_final)
+                      publish_paced, received, set_faults, times_received, wait_complete, wait_final)
 
 def crash_config(raw):
     # Short ack_wait: after a crash, JetStream redelivers what was unacked within seconds.
@@ -68,9 +69,14 @@ def test_20k_events_with_10pct_resent_minutes_later_arrive_once_each(clean, nats
         assert suppressed[d] >= resent_per_dest[d], f"{d}: {suppressed[d]} duplicates counted, {resent_per_dest[d]} re-sent"
 
 
-def test_kill_9_of_the_whole_router_then_restart(clean, nats_server, emulator, tmp_path):
+@pytest.mark.parametrize("ack", ["message", "watermark"])
+def test_kill_9_of_the_whole_router_then_restart(clean, nats_server, emulator, tmp_path, ack):
     raw = demo_config_dict(nats_server.url, emulator.url)
     crash_config(raw)
+    for src in raw["sources"]:
+        src["ack"] = ack
+        if ack == "watermark":  # an ack_wait longer than the restart: what the dead reader held is still out
+            src["ack_wait"] = "30s"  # when the new one acks its first batch, and must not be acked with it
     path = tmp_path / "router.yaml"
     path.write_text(yaml.safe_dump(raw))
     cfg = load_config(path)
@@ -92,8 +98,12 @@ def test_kill_9_of_the_whole_router_then_restart(clean, nats_server, emulator, t
         mid = len(expected_acked["erp"]) + 3000
         await poll_until(lambda: _at_least(emulator.url, "erp", mid), 120, f"erp to receive {mid} records (mid-stream)",
                          interval=0.05)
+        # A slow ERP for the last half second: batches fetched by then are still on their way there.
+        await set_faults(emulator.url, "erp", {"latency_ms": 1500})
+        await asyncio.sleep(0.5)
         # The driver, Ray's head processes, every actor: no drain, no acks.
         await asyncio.to_thread(kill_process_tree, pid)
+        await set_faults(emulator.url, "erp", None)
         await producing
 
     proc = start()
@@ -149,11 +159,19 @@ async def _pid_once_up(actor):
         return None
 
 
-def test_kill_9_of_one_destination_actor(clean, nats_server, emulator, ray_session):
+@pytest.mark.parametrize("ack", ["message", "watermark"])
+def test_kill_9_of_one_destination_actor(clean, nats_server, emulator, ray_session, ack):
+    """The calls to the dead actor fail: their messages are NAKed (with watermark acks, no ack may
+    pass them until they come back)."""
     events = list(RetailEventFactory(seed=43).burst(20_000, duplicate_ratio=0.05))
 
+    def settings(raw):
+        crash_config(raw)
+        for src in raw["sources"]:
+            src["ack"] = ack
+
     async def scenario():
-        cfg = config(nats_server.url, emulator.url, crash_config)
+        cfg = config(nats_server.url, emulator.url, settings)
         sup = Supervisor(cfg)
         await sup.start()
         victim = sup.workers["erp"][0]

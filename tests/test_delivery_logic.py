@@ -362,7 +362,7 @@ def test_ack_subjects_give_stream_sequence_and_delivery_count():
     v2 = "$JS.ACK.hub.ACCHASH.RETAIL_ORDERS.router-orders.3.1042.977.1795440000000000000.12.rnd"
     for reply in (v1, v2):
         assert stream_seq(reply) == 1042 and delivery_count(reply) == 3 and pending_count(reply) == 12
-    assert seqs_and_published([v1, v2]) == ([1042, 1042], [1795440000000000000] * 2)
+    assert seqs_and_published([v1, v2]) == ([1042, 1042], [1795440000000000000] * 2, [977, 977])
 
 
 # -- ordering keys ---------------------------------------------------------------------------------

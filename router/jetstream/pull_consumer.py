@@ -53,18 +53,20 @@ def pending_count(reply: str) -> int:
         return -1
 
 
-def seqs_and_published(replies: Iterable[str]) -> tuple[list[int], list[int]]:
-    """Each ack subject's stream sequence and when JetStream stored the message (ns since the epoch;
-    0 if unreadable), reading each subject once (per message, on the ingest's hot path)."""
-    seqs, published = [], []
+def seqs_and_published(replies: Iterable[str]) -> tuple[list[int], list[int], list[int]]:
+    """Each ack subject's stream sequence, when JetStream stored the message (ns since the epoch;
+    0 if unreadable) and its delivery sequence on the consumer, reading each subject once (per
+    message, on the ingest's hot path)."""
+    seqs, published, dseqs = [], [], []
     for reply in replies:
         t = _tokens(reply)
         seqs.append(int(t[5]))
+        dseqs.append(int(t[6]))
         try:
             published.append(int(t[7]))
         except (IndexError, ValueError):
             published.append(0)
-    return seqs, published
+    return seqs, published, dseqs
 
 
 class PullConsumer:
@@ -154,6 +156,20 @@ class PullConsumer:
     async def ack_many(self, msgs: list[Delivery]) -> None:
         """Ack each message; one write for all of them."""
         await self._reply(msgs, [ACK] * len(msgs))
+
+    async def ack_all(self, reply: str) -> None:
+        """On a consumer with ``ack_policy: all``: ack the message of this ack subject and every one
+        before it (``AckWatermark`` says which)."""
+        await self._nc.publish(reply, ACK)
+
+    async def nak_many(self, msgs: list[Delivery], delay: float) -> None:
+        """NAK each message (redeliver after ``delay``), acking none: one write."""
+        nak = NAK + b" " + orjson.dumps({"delay": int(delay * 1e9)})
+        await self._reply(msgs, [nak] * len(msgs))
+
+    def discard_buffered(self) -> None:
+        """Forget deliveries gathered for the next fetch (the consumer was created again: they come again)."""
+        self._batch = []
 
     async def settle_each(self, msgs: list[Delivery], failed: set[int], delay: float) -> None:
         """NAK (redeliver after ``delay``) the messages at the indexes in ``failed``, ack the others; one write."""

@@ -119,7 +119,7 @@ async def _ensure_consumer(js: JetStreamContext, src: Source, name: str, filters
                            actors: int) -> None:
     consumer = api.ConsumerConfig(
         durable_name=name,
-        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_policy=api.AckPolicy.ALL if src.ack == "watermark" else api.AckPolicy.EXPLICIT,
         ack_wait=src.ack_wait,
         max_deliver=-1,  # the router dead-letters by its own rules; never by silent max_deliver drop
         max_ack_pending=max(1000, src.fetch_batch * src.max_inflight_batches * actors * 2),
@@ -130,6 +130,18 @@ async def _ensure_consumer(js: JetStreamContext, src: Source, name: str, filters
         consumer.filter_subject = filters[0]
     elif filters:
         consumer.filter_subjects = list(filters)
+    try:
+        info = await js.consumer_info(src.stream, name)
+    except nats.js.errors.NotFoundError:
+        info = None
+    if info is not None and info.config.ack_policy != consumer.ack_policy:
+        # Fixed for a consumer's life: a new one, from where this one was.
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        log.warning("consumer %s on %s acks %s, the source says ack: %s; creating it again from its ack floor "
+                    "(sequence %d): messages acked above it come again and dedup drops them", name, src.stream,
+                    api.AckPolicy(info.config.ack_policy).value, src.ack, floor + 1)
+        await _create_again(js, src.stream, consumer, floor)
+        return
     try:
         await js.add_consumer(src.stream, consumer)
     except nats.js.errors.BadRequestError:
@@ -147,22 +159,27 @@ async def _ensure_consumer(js: JetStreamContext, src: Source, name: str, filters
 
 async def rewind_to_ack_floor(js: JetStreamContext, stream: str, durable: str) -> int:
     """For a consumer with one reader, started after its reader died: messages that reader had
-    fetched and not acked would come back only after ``ack_wait``, behind later messages, and a key's
-    events would be handled out of order. The consumer is created again from the first message not
-    acked in order (its ack floor), so they come first; messages acked above the floor come again and
-    the dedup state suppresses them. Returns how many were out (0: nothing done)."""
+    fetched and not acked would come back only after ``ack_wait``, behind later messages: a key's
+    events would be handled out of order, and with acks by watermark an ack of a later message would
+    ack them unseen. The consumer is created again from the first message not acked in order (its
+    ack floor), so they come first; messages acked above the floor come again and the dedup state
+    suppresses them. Returns how many were out (0: nothing done)."""
     info = await js.consumer_info(stream, durable)
     if not info.num_ack_pending:
         return 0
     floor = info.ack_floor.stream_seq if info.ack_floor else 0
-    config = info.config
-    config.deliver_policy, config.opt_start_seq = api.DeliverPolicy.BY_START_SEQUENCE, floor + 1
     log.warning("consumer %s on %s: %d messages were out with a reader that stopped; reading again from "
-                "sequence %d so each key's events keep their order", durable, stream, info.num_ack_pending,
+                "sequence %d so they come before later ones", durable, stream, info.num_ack_pending,
                 floor + 1)
-    await js.delete_consumer(stream, durable)
-    await js.add_consumer(stream, config)
+    await _create_again(js, stream, info.config, floor)
     return info.num_ack_pending
+
+
+async def _create_again(js: JetStreamContext, stream: str, config: api.ConsumerConfig, floor: int) -> None:
+    """The consumer deleted and created with ``config``, delivering from the message after ``floor``."""
+    config.deliver_policy, config.opt_start_seq = api.DeliverPolicy.BY_START_SEQUENCE, floor + 1
+    await js.delete_consumer(stream, config.durable_name)
+    await js.add_consumer(stream, config)
 
 
 async def _unpartitioned_left(js: JetStreamContext, src: Source) -> bool:
