@@ -54,6 +54,8 @@ class IngestStats(msgspec.Struct):
     dead_lettered: int = 0
     unrouted: int = 0
     in_flight: int = 0
+    watermark_held: int = 0  # ack: watermark: settled messages waiting for an earlier one to be settled
+    watermark_awaited: int = 0  # ack: watermark: NAKed messages not delivered again yet
     fetch_errors: int = 0
     routes_revision: int = 0  # the route table revision this actor routes with
     routed: dict[str, int] = {}  # "<route>/<destination>" -> records that route sent there
@@ -137,6 +139,9 @@ class IngestActor:
 
     async def stats(self) -> IngestStats:
         self.stats_.in_flight = sum(len(m) for _, m in self._open.values())
+        mark = self.watermark
+        self.stats_.watermark_held = sum(map(len, mark.held())) if mark is not None else 0
+        self.stats_.watermark_awaited = mark.awaited if mark is not None else 0
         return msgspec.structs.replace(self.stats_)
 
     async def stop(self) -> None:
@@ -154,8 +159,7 @@ class IngestActor:
         by_watermark = (await js.consumer_info(src.stream, durable)).config.ack_policy == api.AckPolicy.ALL
         if by_watermark or any(r.ordering_key for r in self.cfg.route_list):  # this actor is its one reader
             await rewind_to_ack_floor(js, src.stream, durable)
-        if by_watermark:
-            self.watermark = AckWatermark((await js.consumer_info(src.stream, durable)).delivered.consumer_seq + 1)
+        self.watermark = await self._new_watermark(js, durable) if by_watermark else None
         consumer = self.consumer = PullConsumer(nc, src.stream, durable, partitioned=self.partition is not None)
         await consumer.start()
         tune_gc()
@@ -171,7 +175,7 @@ class IngestActor:
         try:
             while not self._stopping.is_set():
                 await self._running.wait()
-                if self.watermark is not None and self.watermark.broken:
+                if self.watermark is not None and self.watermark.overdue(time.monotonic()):
                     await self._read_again_from_ack_floor(js, durable, tasks)
                     continue
                 await window.acquire()
@@ -201,10 +205,11 @@ class IngestActor:
                 self._open[bid] = (time.monotonic(), msgs)  # open before the fetch counts as over (pause)
                 self._fetching = False
                 seqs, published, dseqs = seqs_and_published(m.reply for m in msgs)
-                if self.watermark is not None:
-                    self.watermark.fetched(bid, seqs, dseqs, msgs)
+                mark = self.watermark  # the batch settles with the one it was fetched under
+                if mark is not None:
+                    mark.fetched(bid, seqs, dseqs, msgs)
                 task = asyncio.get_running_loop().create_task(
-                    self._see_through(bid, msgs, seqs, published, dlq, window))
+                    self._see_through(bid, msgs, seqs, published, mark, dlq, window))
                 tasks.add(task)
                 task.add_done_callback(settled)
             if tasks:
@@ -219,7 +224,7 @@ class IngestActor:
         return await self.stats()
 
     async def _see_through(self, bid: int, msgs: list[Any], seqs: list[int], published: list[int],
-                           dlq: DeadLetterPublisher, window: asyncio.Semaphore) -> None:
+                           mark: AckWatermark | None, dlq: DeadLetterPublisher, window: asyncio.Semaphore) -> None:
         try:
             try:
                 failed = await self._route_and_deliver(msgs, seqs, published, dlq)
@@ -228,7 +233,7 @@ class IngestActor:
                 # it unsettled until ack_wait; dedup stops a second delivery of what already went out.
                 log.exception("ingest %s: a batch of %d failed; NAKing it", self.src.name, len(msgs))
                 failed = set(range(len(msgs)))
-            await self._settle(bid, msgs, seqs, failed)
+            await self._settle(bid, msgs, seqs, failed, mark)
         finally:
             self._open.pop(bid, None)
             window.release()
@@ -295,12 +300,14 @@ class IngestActor:
         finally:
             self._unanswered[(dest, shard)].discard(seq)
 
-    async def _settle(self, bid: int, msgs: list[Any], seqs: list[int], failed: set[int]) -> None:
-        delay, consumer, mark = self.src.redelivery_delay, self.consumer, self.watermark
+    async def _settle(self, bid: int, msgs: list[Any], seqs: list[int], failed: set[int],
+                      mark: AckWatermark | None) -> None:
+        delay, consumer = self.src.redelivery_delay, self.consumer
         if mark is not None:
             back = [msgs[i] for i in sorted(failed)]
             if back:  # before the NAK goes out: no ack may pass them
-                mark.given_back(bid, [seqs[i] for i in failed], [m for i, m in enumerate(msgs) if i not in failed])
+                mark.given_back(bid, [seqs[i] for i in failed], [m for i, m in enumerate(msgs) if i not in failed],
+                                time.monotonic())
             point = mark.settled(bid)
             self.stats_.nacked += len(back)
             self.stats_.acked += len(msgs) - len(back)  # acked, or held to be acked with a later batch
@@ -336,7 +343,14 @@ class IngestActor:
         assert self.consumer is not None
         self.consumer.discard_buffered()
         await rewind_to_ack_floor(js, self.src.stream, durable)
-        self.watermark = AckWatermark((await js.consumer_info(self.src.stream, durable)).delivered.consumer_seq + 1)
+        self.watermark = await self._new_watermark(js, durable)
+
+    async def _new_watermark(self, js: Any, durable: str) -> AckWatermark:
+        # A NAKed message comes back after redelivery_delay, or after ack_wait if the NAK was lost;
+        # much later than both, it is gone (e.g. past the stream's limits).
+        info = await js.consumer_info(self.src.stream, durable)
+        return AckWatermark(info.delivered.consumer_seq + 1,
+                            patience=self.src.ack_wait + self.src.redelivery_delay + 30.0)
 
     async def _progress_acks(self) -> None:
         """Tell JetStream that batches still open are being worked on, before ``ack_wait`` runs out."""
@@ -345,8 +359,9 @@ class IngestActor:
             await asyncio.sleep(every)
             horizon = time.monotonic() - every
             waiting = [msgs for fetched_at, msgs in list(self._open.values()) if fetched_at <= horizon]
-            if self.watermark is not None:  # settled, waiting for an ack that covers them
-                waiting += self.watermark.held()
+            mark = self.watermark
+            if mark is not None:  # and the settled ones waiting for an ack, never a NAKed message
+                waiting = [mark.without_awaited(msgs) for msgs in waiting + mark.held()]
             for msgs in waiting:
                 try:
                     await self.consumer.in_progress_many(msgs)

@@ -50,14 +50,50 @@ def test_a_batch_settled_before_the_ones_below_it_is_held_then_one_ack_covers_al
 def test_a_nak_holds_the_watermark_until_the_message_comes_back_and_is_settled():
     mark = AckWatermark(next_dseq=1)
     _batch(mark, 1, [1, 2, 3, 4], 1)
-    mark.given_back(1, [2], ["1", "3", "4"])  # 2 NAKed, the rest of its batch final
+    final = [m for m in mark._tops[1][3] if _point(m.reply) != 2]
+    mark.given_back(1, [2], final, now=0.0)  # 2 NAKed, the rest of its batch final
     assert _point(mark.settled(1)) is None, "an ack of 4 would ack 2, which the server is sending again"
-    assert mark.held() == [["1", "3", "4"]], "no progress ack for 2: it would put its redelivery off"
+    assert mark.held() == [final], "no progress ack for 2: it would put its redelivery off"
     _batch(mark, 2, [5, 6], 5)
     assert _point(mark.settled(2)) is None
     _batch(mark, 3, [2, 7], 7)  # 2 again, with a new delivery sequence
     assert _point(mark.settled(3)) == 7
-    assert not mark.broken
+    assert not mark.overdue(now=1e9)
+
+
+def test_no_progress_ack_for_any_copy_of_a_nakd_message():
+    """A copy of 5 delivered again (after an ack_wait ran out) and one NAKed: progress acks on the
+    other copy would put the NAKed one's redelivery off for as long as it is held."""
+    mark = AckWatermark(next_dseq=1)
+    _batch(mark, 1, [5, 6], 1)
+    _batch(mark, 2, [5, 7], 3)
+    mark.given_back(1, [5], [], now=0.0)
+    copies = mark._tops[2][3]
+    assert [_point(m.reply) for m in mark.without_awaited(copies)] == [7]
+
+
+def test_a_nakd_message_that_never_comes_back_stops_every_ack():
+    """Deleted from the stream by its limits before its redelivery, say: the watermark would wait
+    for it forever. Past its patience the reader reads the consumer again from its ack floor."""
+    mark = AckWatermark(next_dseq=1, patience=40.0)
+    _batch(mark, 1, [1, 2], 1)
+    mark.given_back(1, [1], [], now=100.0)
+    mark.settled(1)
+    assert not mark.overdue(now=139.0)
+    assert mark.overdue(now=141.0) and mark.broken
+
+
+def test_the_ack_point_leaves_the_delivery_floor_below_every_open_batch():
+    """An AckAll sets the server's delivery floor; a later ack or NAK below it is ignored. So a
+    redelivery (high delivery seq) is not the point while a batch delivered before it is open."""
+    mark = AckWatermark(next_dseq=1)
+    _batch(mark, 1, [11, 12], 1)
+    mark.given_back(1, [12], [], now=0.0)
+    assert mark.settled(1) is None
+    _batch(mark, 2, [21, 22], 3)  # open
+    _batch(mark, 3, [12, 13], 5)  # 12 again, and 13
+    assert _point(mark.settled(3)) == 12, "12 (delivery 2), not 13 (delivery 6): batch 2's acks must count"
+    assert _point(mark.settled(2)) == 22
 
 
 def test_a_delivery_that_never_arrived_stops_every_ack():
@@ -76,7 +112,7 @@ def test_an_ack_the_server_would_ignore_is_not_chosen():
     """The server takes an AckAll only when its delivery sequence is above the last one it took."""
     mark = AckWatermark(next_dseq=1)
     _batch(mark, 1, [10, 11], 1)
-    mark.given_back(1, [10], [])
+    mark.given_back(1, [10], [], now=0.0)
     assert _point(mark.settled(1)) is None
     _batch(mark, 2, [10], 3)  # 10 again (delivery 3)
     assert _point(mark.settled(2)) == 11, "11 (delivery 2) covers 10 (delivery 3) too"

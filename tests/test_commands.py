@@ -98,6 +98,8 @@ def test_run_drains_on_sigterm_and_resumes_where_it_stopped(clean, nats_server, 
 
     proc = start()
     try:
+        wait_until(lambda: log.read_text().count("router running") == 2 or proc.poll() is not None, 120,
+                   "the router to start again")
         expected = expected_deliveries(yaml_config(cfg_path), events)
         wait_until(lambda: all(len(asyncio.run(received(emulator.url, d))) >= len(expected[d]) for d in expected),
                    180, "the rest after restart")

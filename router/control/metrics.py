@@ -33,6 +33,12 @@ _SOURCE_COUNTERS = {
     "dead_lettered": "source messages dead-lettered at ingest (undecodable or invalid)",
     "unrouted": "source messages no route matched",
 }
+# ack: watermark: a watermark that does not move shows here first (a NAKed message holds back the acks
+# of every later one until it is settled).
+_WATERMARK_GAUGES = {
+    "watermark_held": "settled messages not acked yet: an earlier one is still open or NAKed (ack: watermark)",
+    "watermark_awaited": "NAKed messages not delivered again yet, holding the watermark (ack: watermark)",
+}
 _DEST_COUNTERS = {
     "delivered": "records delivered",
     "duplicates": "records suppressed as duplicates by idempotency key",
@@ -75,6 +81,11 @@ class StatsCollector:
         for name, s in st.sources.items():
             g.add_metric([name], s.in_flight)
         yield g
+        for field, doc in _WATERMARK_GAUGES.items():
+            g = GaugeMetricFamily(f"router_source_{field}", doc, labels=["source"])
+            for name, s in st.sources.items():
+                g.add_metric([name], getattr(s, field))
+            yield g
         for field, doc in _DEST_COUNTERS.items():
             m = CounterMetricFamily(f"router_destination_{field}", doc, labels=["destination"])
             for name, d in st.destinations.items():

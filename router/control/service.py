@@ -139,11 +139,12 @@ async def run_service(cfg: Config, status_every: float = 10.0, drain_timeout: fl
             server = serve_metrics(cfg.metrics.host, cfg.metrics.port, ready)
             log.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz",
                      cfg.metrics.host, cfg.metrics.port)
+        on_stop_signals(stop.set)  # a Ctrl-C while starting: stop (drain) as soon as it is up
         sup = Supervisor(cfg)
         await sup.start()
         ready.started = True
-        # After start: ray.init installs its own SIGTERM handler in the driver, which would kill the
-        # process without a drain.
+        # Again after start: ray.init installs its own SIGTERM handler in the driver, which would kill
+        # the process without a drain.
         on_stop_signals(stop.set)
         reloads: set[asyncio.Task] = set()
         if config_path:
