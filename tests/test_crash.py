@@ -194,20 +194,26 @@ def test_kill_9_of_one_destination_actor(clean, nats_server, emulator, ray_sessi
                    "kill -9 of one erp sink actor")
 
 
-def test_nats_server_restart_mid_stream(emulator, ray_session, tmp_path):
+@pytest.mark.parametrize("ack", ["message", "watermark"])
+def test_nats_server_restart_mid_stream(emulator, ray_session, tmp_path, ack):
     server = EmbeddedNats(store_dir=str(tmp_path / "js")).start()
     try:
-        asyncio.run(_nats_restart(server, emulator))
+        asyncio.run(_nats_restart(server, emulator, ack))
     finally:
         server.cleanup()
 
 
-async def _nats_restart(server, emulator):
+async def _nats_restart(server, emulator, ack):
     from .conftest import _post
+
+    def settings(raw):
+        crash_config(raw)
+        for src in raw["sources"]:
+            src["ack"] = ack
 
     await _post(f"{emulator.url}/reset")
     events = list(RetailEventFactory(seed=44).burst(15_000, duplicate_ratio=0.05))
-    cfg = config(server.url, emulator.url, crash_config)
+    cfg = config(server.url, emulator.url, settings)
     sup = Supervisor(cfg)
     await sup.start()
     try:
