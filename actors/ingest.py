@@ -333,11 +333,12 @@ class IngestActor:
             log.warning("ingest %s: ack failed (%s)", self.src.name, exc)
 
     async def _read_again_from_ack_floor(self, js: Any, durable: str, tasks: set[asyncio.Task]) -> None:
-        """A delivery went missing (``AckWatermark.broken``, e.g. lost with a broken connection): no
-        ack is safe any more. The batches in hand finish, then the consumer is read again from its ack
-        floor; what comes twice, dedup drops."""
-        log.warning("ingest %s: a delivery of consumer %s went missing; reading it again from its ack floor",
-                    self.src.name, durable)
+        """A delivery went missing (lost with a broken connection, or taken by another reader), or a
+        NAKed message did not come back (``AckWatermark.broken``): no ack is safe any more. The
+        batches in hand finish, then the consumer is read again from its ack floor; what comes twice,
+        dedup drops."""
+        log.warning("ingest %s: a delivery of consumer %s went missing or did not come back; reading it again "
+                    "from its ack floor", self.src.name, durable)
         if tasks:
             await asyncio.gather(*list(tasks), return_exceptions=True)
         assert self.consumer is not None
