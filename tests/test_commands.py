@@ -113,6 +113,29 @@ def test_run_drains_on_sigterm_and_resumes_where_it_stopped(clean, nats_server, 
         assert set(got) == expected[d] and all(n == 1 for n in got.values()), d
 
 
+def test_ctrl_c_while_the_router_starts_drains_once_it_is_up(clean, nats_server, emulator, tmp_path):
+    """An operator who presses Ctrl-C while Ray and the actors are still starting gets a clean stop,
+    not a traceback and not a router that goes on running."""
+    raw = demo_config_dict(nats_server.url, emulator.url)
+    raw["metrics"] = {"port": free_port()}  # its log line comes just before the stop handlers are in
+    cfg_path = tmp_path / "router.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    log = tmp_path / "router.log"
+    proc = subprocess.Popen([sys.executable, "-m", "router.control.cli", "run", "-c", str(cfg_path)],
+                            stdout=log.open("a"), stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: "metrics and health on" in log.read_text() or proc.poll() is not None, 120,
+                   "the router to begin starting")
+        assert "router running" not in log.read_text(), "still starting when Ctrl-C comes"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    assert proc.returncode == 0 and "drained and stopped" in out, out[-3000:]
+
+
 def yaml_config(path):
     from router.config import load_config
 
