@@ -53,6 +53,11 @@ def pending_count(reply: str) -> int:
         return -1
 
 
+def _nak(delay: float) -> bytes:
+    """A NAK that asks for redelivery after ``delay`` seconds."""
+    return NAK + b" " + orjson.dumps({"delay": int(delay * 1e9)})
+
+
 def seqs_and_published(replies: Iterable[str]) -> tuple[list[int], list[int], list[int]]:
     """Each ack subject's stream sequence, when JetStream stored the message (ns since the epoch;
     0 if unreadable) and its delivery sequence on the consumer, reading each subject once (per
@@ -164,8 +169,7 @@ class PullConsumer:
 
     async def nak_many(self, msgs: list[Delivery], delay: float) -> None:
         """NAK each message (redeliver after ``delay``), acking none: one write."""
-        nak = NAK + b" " + orjson.dumps({"delay": int(delay * 1e9)})
-        await self._reply(msgs, [nak] * len(msgs))
+        await self._reply(msgs, [_nak(delay)] * len(msgs))
 
     def discard_buffered(self) -> None:
         """Forget deliveries gathered for the next fetch (the consumer was created again: they come again)."""
@@ -173,7 +177,7 @@ class PullConsumer:
 
     async def settle_each(self, msgs: list[Delivery], failed: set[int], delay: float) -> None:
         """NAK (redeliver after ``delay``) the messages at the indexes in ``failed``, ack the others; one write."""
-        nak = NAK + b" " + orjson.dumps({"delay": int(delay * 1e9)})
+        nak = _nak(delay)
         await self._reply(msgs, [nak if i in failed else ACK for i in range(len(msgs))])
 
     async def in_progress_many(self, msgs: list[Delivery]) -> None:
@@ -185,4 +189,4 @@ class PullConsumer:
             await frames.send(self._nc, [m.reply for m in msgs], "", payloads, [None] * len(msgs))
 
     async def nak(self, msg: Delivery, delay: float) -> None:
-        await self._nc.publish(msg.reply, NAK + b" " + orjson.dumps({"delay": int(delay * 1e9)}))
+        await self._nc.publish(msg.reply, _nak(delay))
