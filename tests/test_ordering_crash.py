@@ -15,6 +15,7 @@ import time
 
 import aiohttp
 import nats
+import pytest
 import yaml
 
 from router.config import load_config
@@ -169,13 +170,22 @@ async def _at_least(emulator_url: str, n: int) -> bool:
     return len(await received(emulator_url, "erp")) >= n
 
 
-def test_a_consumer_whose_one_reader_died_is_read_again_from_its_ack_floor(nats_server):
-    """What the ingest actor does on start when routes have ordering keys (it is then its consumer's
-    only reader): messages a killed reader had fetched and not acked come first, not after ack_wait."""
+@pytest.mark.parametrize("server", ["2.14+", "older"])
+def test_a_consumer_whose_one_reader_died_is_read_again_from_its_ack_floor(nats_server, monkeypatch, server):
+    """What the ingest actor does on start when routes have ordering keys or it acks by watermark (it
+    is then its consumer's only reader): messages a killed reader had fetched and not acked come
+    first, not after ack_wait. nats-server 2.14+ resets the consumer in place; an older server does
+    not answer that request, and the consumer is deleted and created again from its ack floor."""
     from nats.js import api
 
+    from router.jetstream import streams
     from router.jetstream.pull_consumer import PullConsumer, stream_seq
     from router.jetstream.streams import rewind_to_ack_floor
+
+    if server == "older":
+        async def no_answer(js, stream, durable):  # what the request meets there: no responders
+            return False
+        monkeypatch.setattr(streams, "_reset_to_ack_floor", no_answer)
 
     async def scenario():
         nc = await nats.connect(nats_server.url)
@@ -201,13 +211,15 @@ def test_a_consumer_whose_one_reader_died_is_read_again_from_its_ack_floor(nats_
         first = await again.fetch(5, expires=1.0)
         seqs = [stream_seq(m.reply) for m in first]
         await again.stop()
+        config = (await js.consumer_info("REWIND", "r")).config
         await js.delete_stream("REWIND")
         await nc.close()
-        return out, seqs
+        return out, seqs, config
 
-    out, seqs = asyncio.run(scenario())
+    out, seqs, config = asyncio.run(scenario())
     assert out == 5, "five messages were out with the dead reader"
     assert seqs == [6, 7, 8, 9, 10], f"the messages the dead reader held come first, got {seqs}"
+    assert (config.ack_policy, config.ack_wait) == (api.AckPolicy.EXPLICIT, 30), "the consumer keeps its settings"
 
 
 async def _ack_pending(js, n: int) -> bool:
