@@ -98,9 +98,15 @@ class IngestActor:
         open_calls.add(n)
         return n, min(open_calls)
 
-    def _submit(self, workers: dict[str, list[Any]], dest: str, shard: int, records: Any) -> tuple[Any, Any]:
+    def _submit(self, workers: dict[str, list[Any]], dest: str, shard: int, records: Any,
+                encoded: dict[int, bytes]) -> tuple[Any, Any]:
+        """``encoded``: the batches encoded for this plan so far, by id (shards that get the same
+        records share one batch, and its encoding)."""
         seq, floor = self._next_seq(dest, shard)
-        return (dest, shard, seq), workers[dest][shard].submit.remote(records.encode(), self._sender, seq, floor)
+        blob = encoded.get(id(records))
+        if blob is None:
+            blob = encoded[id(records)] = records.encode()
+        return (dest, shard, seq), workers[dest][shard].submit.remote(blob, self._sender, seq, floor)
 
     def _use(self, cfg: Config, sink_actor_names: dict[str, list[str]], revision: int) -> None:
         # By name, not by handle: a restarted ingest actor finds the sink actors again by itself.
@@ -258,7 +264,8 @@ class IngestActor:
         letters = [dlq.ingest_failure(self.src.name, msgs[i].data, reason, subject=msgs[i].subject,
                                       stream_seq=seqs[i], headers=msgs[i].headers)
                    for i, reason in rejected]
-        calls = [(idx, *self._submit(workers, dest, shard, records))
+        encoded: dict[int, bytes] = {}
+        calls = [(idx, *self._submit(workers, dest, shard, records, encoded))
                  for (dest, shard), (records, idx) in plan.work.items()]
         try:
             return await self._finish(msgs, plan, rejected, letters, calls, dlq)

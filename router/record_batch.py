@@ -64,6 +64,30 @@ class RecordBatch(msgspec.Struct, array_like=True):
         if correlation_id is not None:
             self.correlation_ids.append(correlation_id)
 
+    def extend(self, other: "RecordBatch") -> None:
+        """Append ``other``'s records (routed by the same revision)."""
+        n, m = len(self.keys), len(other.keys)
+        if other.order_keys or self.order_keys:
+            self.order_keys.extend([0] * (n - len(self.order_keys)))
+            self.order_keys.extend(other.order_keys or [0] * m)
+        if other.lanes or self.lanes:
+            self.lanes.extend([NORMAL] * (n - len(self.lanes)))
+            self.lanes.extend(other.lanes or [NORMAL] * m)
+        # Used only when there is one for every record: kept when both batches have them all.
+        if len(self.hashes) == n and len(other.hashes) == m:
+            self.hashes.extend(other.hashes)
+        else:
+            self.hashes = []
+        if len(self.correlation_ids) == n and len(other.correlation_ids) == m:
+            self.correlation_ids.extend(other.correlation_ids)
+        else:
+            self.correlation_ids = []
+        self.keys.extend(other.keys)
+        self.payloads.extend(other.payloads)
+        self.origins.extend(other.origins)
+        self.published.extend(other.published)
+        self.workflow.extend(other.workflow)
+
     def key_hashes(self) -> list[int]:
         """Each record's key hash: the sender's, or worked out here if it did not send them all."""
         return self.hashes if len(self.hashes) == len(self.keys) else [key_hash(k) for k in self.keys]

@@ -41,6 +41,35 @@ def recs(*keys):
     return batch
 
 
+def _columns(batch: RecordBatch) -> list[tuple]:
+    return list(zip(batch.keys, batch.payloads, batch.origins, batch.published, batch.order_key_column(),
+                    batch.lane_column(), batch.key_hashes(), batch.correlation_id_column()))
+
+
+@pytest.mark.parametrize("first_plain", [True, False])
+def test_a_batch_extended_by_another_holds_both_records_column_by_column(first_plain):
+    """Whichever of the two has ordering keys or lanes, every record keeps its own (the columns a
+    batch leaves empty read as their defaults). Hashes and correlation ids go along when both have
+    them for every record; else the column is dropped and read from the records (as when sent
+    without)."""
+    plain, rich = RecordBatch(), RecordBatch()
+    plain.append("p1", b"1", "s/1", 11, h=key_hash("p1"), correlation_id="c1")
+    plain.append("p2", b"2", "s/2", 12, h=key_hash("p2"), correlation_id="c2")
+    rich.append("r1", b"3", "s/3", 13, order_key=7, lane=LOW, h=key_hash("r1"), correlation_id="c3")
+    rich.append("r2", b"4", "s/4", 14, lane=HIGH, h=key_hash("r2"), correlation_id="c4")
+    first, second = (plain, rich) if first_plain else (rich, plain)
+    expected = _columns(first) + _columns(second)
+    first.extend(second)
+    assert _columns(first) == expected
+    assert len(first.order_keys) == len(first.lanes) == len(first.hashes) == len(first.correlation_ids) == 4
+
+    without = RecordBatch()
+    without.append("w1", b"5", "s/5", 15)
+    first.extend(without)
+    assert first.correlation_ids == [] and first.hashes == []
+    assert first.key_hashes() == [key_hash(k) for k in first.keys]
+
+
 def test_batches_are_capped_and_each_key_delivered_once():
     async def go():
         sink = ScriptedSink()

@@ -152,3 +152,53 @@ def test_each_record_carries_its_own_routes_ordering_key_hash():
             assert shard == (okey or records.hashes[idx.index(i)]) % pools[dest]
             seen += 1
     assert seen == len(route_of) == 4 * 3 + 2  # every order: erp, marketplace, audit; the two big ones carrier too
+
+
+def _plan_messages(bodies: list[tuple[str, dict, str]]) -> list:
+    from types import SimpleNamespace
+
+    msgs = []
+    for n, (type_, data, subject) in enumerate(bodies):
+        body = {"idempotency_key": f"k{n}", "type": type_, "source": "s", "occurred_at": "2026-11-27T10:00:00Z",
+                "data": data}
+        msgs.append(SimpleNamespace(subject=subject, data=orjson.dumps(body), headers=None))
+    return msgs
+
+
+def _rows(records, idx) -> list[tuple]:
+    """A shard's records, a row each, in message order."""
+    return sorted(zip(idx, records.keys, records.payloads, records.origins, records.published,
+                      records.order_key_column(), records.lane_column(), records.key_hashes(),
+                      records.correlation_id_column()))
+
+
+def test_destinations_that_get_the_same_records_share_one_batch_and_each_gets_what_it_would_alone():
+    """A fan-out with nothing that differs by destination is gathered once and encoded once for
+    all its destinations; where other records go to the same shard too (another route, an ordering
+    key, a lane, a pool), each shard still gets exactly what planning message by message gives it."""
+    from router.ingest.plan import IngestPlanner
+
+    fan = Route(name="fan", destinations=["erp", "marketplace"], match=Match(types=["order.*"]))
+    stock = Route(name="stock", destinations=["erp"], match=Match(types=["inventory.*"]), priority="low")
+    returns = Route(name="returns", destinations=["erp", "audit"], match=Match(types=["return.*"]),
+                    ordering_key=["data.order_id"])
+    ships = Route(name="ships", destinations=["carrier", "audit"], match=Match(types=["shipment.*"]))
+    pools = {"erp": 1, "marketplace": 1, "audit": 1, "carrier": 2}
+    stock_event = ("inventory.adjusted", {"sku": "A", "location_id": "dc", "delta": 1, "reason": "r"}, "retail.inventory.dc")
+    bodies = [("order.created", {**ORDER, "channel": "web", "order_id": f"O{n}"}, "retail.orders.web") if n % 4 == 0
+              else stock_event if n % 4 == 1
+              else ("return.requested", {**RET, "order_id": f"O{n % 3}"}, "retail.returns.web") if n % 4 == 2
+              else ("shipment.dispatched", SHIP, "retail.shipments.ups") for n in range(40)]
+    msgs = _plan_messages(bodies)
+    seqs, published = list(range(1, 41)), [1_000 + n for n in range(40)]
+    planner = IngestPlanner("s", RouteTable([fan, stock, returns, ships]), pools)
+    plan = planner.plan(msgs, seqs, published)
+    one_by_one = planner.plan_each(msgs, seqs, published)
+    assert plan.work.keys() == one_by_one.work.keys()
+    for shard, (records, idx) in plan.work.items():
+        assert _rows(records, idx) == _rows(*one_by_one.work[shard]), shard
+    assert ("carrier", 0) in plan.work and ("carrier", 1) in plan.work
+
+    only_fan = IngestPlanner("s", RouteTable([fan]), pools).plan(msgs, seqs, published)
+    erp, marketplace = only_fan.work[("erp", 0)], only_fan.work[("marketplace", 0)]
+    assert erp[0] is marketplace[0] and len(erp[0]) == 10, "one batch for both destinations"

@@ -13,7 +13,7 @@ that does not raise.
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Protocol
 
 from router.codecs import EventDecoder, InvalidEvent
@@ -72,6 +72,9 @@ class IngestPlanner:
         # Per list of targets (the route table hands out one list per set of matched routes): what
         # each target needs, worked out once a batch instead of once a record, and its event count.
         prepared: dict[int, _Prepared] = {}
+        # Records that go alike to every destination shard of a group (``_Prepared.together``).
+        together: dict[tuple[tuple[str, int], ...], tuple[RecordBatch, list[int]]] = defaultdict(
+            lambda: (RecordBatch(revision=self.revision), []))
         for i, m in enumerate(msgs):
             try:
                 ev = decode(m.data, m.headers, m.subject)
@@ -91,7 +94,7 @@ class IngestPlanner:
                 continue
             prep = prepared.get(id(routed))
             if prep is None or prep.routed is not routed:  # it holds the list, so the id is not reused
-                prep = prepared[id(routed)] = _Prepared(routed, self.pool_sizes)
+                prep = prepared[id(routed)] = _Prepared(routed, self.pool_sizes, workflows is not None)
             tp = traceparent_of(m.headers)  # W3C trace context passed through, in each record (router/tracing.py)
             # Every encoder writes the event's correlation id into the record; with a traceparent the
             # sink reads both back from the record for a NATS message's headers.
@@ -112,6 +115,16 @@ class IngestPlanner:
             prep.events += 1
             key, origin, at = ev.idempotency_key, f"{source}/{seqs[i]}", published[i] if published else 0
             h = key_hash(key)  # once here, not once per destination in the sink actors
+            if prep.together is not None:  # the usual fan-out: gathered once for all its destinations
+                records, idx = together[prep.together]
+                records.keys.append(key)
+                records.payloads.append(payload)
+                records.origins.append(origin)
+                records.published.append(at)
+                records.hashes.append(h)
+                records.correlation_ids.append(cid)
+                idx.append(i)
+                continue
             hashed, okey_of_route = None, 0  # a route's destinations share its ordering: hash it once
             for (dest, ordering, lane, pool), payload in zip(prep.targets, payloads):
                 # An ordering key picks the shard, so one shard sees each sequence whole, in order
@@ -132,6 +145,8 @@ class IngestPlanner:
                 idx.append(i)
                 if workflows is not None:
                     records.workflow.append(workflows.index(ev.type, dest))
+        if together:
+            _hand_out(out.work, together)
         for prep in prepared.values():
             if prep.events:
                 for t in prep.routed:
@@ -170,14 +185,35 @@ class IngestPlanner:
 class _Prepared:
     """A list of route targets, as the planner uses it."""
 
-    __slots__ = ("routed", "encoder", "targets", "events")
+    __slots__ = ("routed", "encoder", "targets", "events", "together")
 
-    def __init__(self, routed: list[RouteTarget], pool_sizes: dict[str, int]) -> None:
+    def __init__(self, routed: list[RouteTarget], pool_sizes: dict[str, int], tagged: bool) -> None:
         self.routed = routed
         first = routed[0].encoder
         self.encoder = first if all(t.encoder is first for t in routed) else None  # one encoding for all
         self.targets = [(t.destination, t.ordering, t.lane, pool_sizes[t.destination]) for t in routed]
         self.events = 0  # events planned with it in this batch
+        # Its destination shards when each of them gets the same record for an event (one encoding,
+        # no ordering key, the normal lane, a pool of one, no SLO workflow to tag per destination):
+        # the records are gathered once for all of them and their batch encoded once.
+        alike = self.encoder is not None and not tagged and all(
+            not ordering and lane == NORMAL and pool == 1 for _, ordering, lane, pool in self.targets)
+        self.together = tuple((t.destination, 0) for t in routed) if alike else None
+
+
+def _hand_out(work: dict[tuple[str, int], tuple[RecordBatch, list[int]]],
+              together: dict[tuple[tuple[str, int], ...], tuple[RecordBatch, list[int]]]) -> None:
+    """Each group's records to its destination shards: the one batch shared where nothing else goes
+    to that shard (the usual fan-out), else appended to what does."""
+    groups_of = Counter(dest_shard for group in together for dest_shard in group)
+    for group, (records, idx) in together.items():
+        for dest_shard in group:
+            if groups_of[dest_shard] == 1 and dest_shard not in work:
+                work[dest_shard] = (records, idx)
+            else:
+                into, into_idx = work[dest_shard]
+                into.extend(records)
+                into_idx.extend(idx)
 
 
 def _describe(exc: BaseException) -> str:
