@@ -226,6 +226,37 @@ def test_a_journal_write_that_fails_is_retried_before_the_record_counts_as_deliv
     assert r.delivered == 2 and len(d.ports.journal.committed) == 2 and d.index.contains(key_hash("a"))
 
 
+def test_new_records_go_straight_to_the_park_while_the_breaker_is_open_or_their_lane_has_parked_ones():
+    """Where a submit's records go, checked once for the whole submit when nothing parks (the usual
+    case): each reason to park still sends them to the park, not to the queue."""
+    async def go():
+        d = make(ScriptedSink(), parking=True, circuit_breaker={"consecutive_failures": 1, "open_for": "60s"},
+                 buffer={"max_records": 3})
+        await d.start()
+        loop = asyncio.get_running_loop()
+
+        def place(*keys):
+            fresh = d.intake.admit(recs(*keys), 0, Completion(0, loop.create_future()), 0.0).fresh
+            queued, parked = d._place(fresh)
+            return len(queued), [(reason, len(rs)) for reason, rs in parked]
+
+        usual = place("a", "b", "c")
+        over = place("a", "b", "c", "d")
+        d.park.lane_backlog[NORMAL] = 1
+        behind = place("a")
+        d.park.lane_backlog[NORMAL] = 0
+        d.breaker.on_failure(0.1, "HTTP 503")
+        opened = place("a")
+        await d.close()
+        return usual, over, behind, opened
+
+    usual, over, behind, opened = run_simulated(go())
+    assert usual == (3, [])
+    assert over == (0, [("buffer full (3 records)", 4)])
+    assert behind == (0, [("behind records parked earlier", 1)])
+    assert opened == (0, [("circuit breaker open: 1 failures in a row: HTTP 503", 1)])
+
+
 def test_breaker_opens_parks_probes_half_open_then_closes_and_replays_everything_once():
     """A 30 s outage: the breaker opens, records park; after `open_for` it probes (half-open) and
     reopens while the destination is still down; once it is back, the probes close it and the

@@ -59,6 +59,12 @@ class ParkAndReplay:
             return frozenset(range(len(LANES)))
         return frozenset(lane for lane, n in enumerate(self.lane_backlog) if n > 0)
 
+    def parks_none(self, queued: int, incoming: int) -> bool:
+        """Whether no lane has a ``reason_to_park`` for ``incoming`` records arriving at a queue of
+        ``queued``, whatever their lanes (the usual case, checked once for a whole submit)."""
+        return (self.breaker.allows_traffic() and not any(self.lane_backlog)
+                and queued + incoming <= self.buffer.max_records)
+
     def reason_to_park(self, lane: int, queued: int, incoming: int) -> str | None:
         """Why records of ``lane`` arriving now must go to the park rather than the queue, if they
         must; ``queued`` and ``incoming`` count the records of this lane and the lanes above it."""

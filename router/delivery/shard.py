@@ -20,6 +20,7 @@ import logging
 import random
 import time
 from collections import Counter
+from operator import attrgetter
 from typing import Any, Callable, NamedTuple
 
 import msgspec
@@ -47,6 +48,7 @@ from router.sinks.outcome import Permanent, Transient
 __all__ = ["DestinationShard", "RetriesExhausted", "ShardPorts", "batch_id"]
 
 log = logging.getLogger(__name__)
+_LANE = attrgetter("lane")  # of a PendingRecord
 
 
 def _set(future: asyncio.Future | None) -> None:
@@ -171,7 +173,7 @@ class DestinationShard:
             if self.intake.busy or self.intake.queued:
                 await self._wait_until_behind(fresh)
             await self.park.park([(i.key, i.payload, i.origin, revision, i.okey, i.lane) for i in fresh], reason)
-            self._count_lanes(self.stats.lane_parked, (i.lane for i in fresh))
+            self._count_lanes(self.stats.lane_parked, map(_LANE, fresh))
             parked_now += len(fresh)
         if to_queue:
             if to_park:  # queued after the parking above: from now on
@@ -198,10 +200,10 @@ class DestinationShard:
         """Which new records join the queue and which go straight to the park (with the reason): a
         lane parks while the breaker is open, while it has records parked earlier, or when it and
         the lanes above it would hold more than ``buffer.max_records``; so low is parked first."""
-        if self.park is None or not fresh:
+        if self.park is None or not fresh or self.park.parks_none(self.intake.queued, len(fresh)):
             return fresh, []
         incoming = [0] * len(LANES)
-        for lane, n in Counter(i.lane for i in fresh).items():
+        for lane, n in Counter(map(_LANE, fresh)).items():
             incoming[lane] += n
         reasons: list[str | None] = []
         above = queued = 0
@@ -304,7 +306,7 @@ class DestinationShard:
         except Exception as exc:
             self.intake.settle(items, RetriesExhausted(f"could not park: {exc}"))
         else:
-            self._count_lanes(self.stats.lane_parked, (i.lane for i in items))
+            self._count_lanes(self.stats.lane_parked, map(_LANE, items))
             self.intake.settle(items, PARKED)
 
     async def _wait_until_behind(self, fresh: list[PendingRecord]) -> None:
@@ -469,7 +471,7 @@ class DestinationShard:
                     self.held.difference_update(i.okey for i in batch)
                 self.index.add_many(hashes)
                 self.stats.delivered += len(batch)
-                self._count_lanes(self.stats.lane_delivered, (i.lane for i in batch))
+                self._count_lanes(self.stats.lane_delivered, map(_LANE, batch))
                 self.intake.settle(batch, DELIVERED)
                 return
             if step == SPLIT:  # find the records at fault; the others still get through
