@@ -75,6 +75,8 @@ class IngestActor:
         self._sender = uuid.uuid4().hex  # per incarnation: a restarted actor counts its calls from 0 again
         self._seqs: dict[tuple[str, int], int] = {}
         self._unanswered: dict[tuple[str, int], set[int]] = {}  # per sink actor, this actor's calls still open
+        self.workers: dict[str, list[Any]] = {}
+        self._gc_tuned = False
         try:
             self._use(cfg, sink_actor_names, revision)
         except ValueError:  # restarted by Ray after a reload replaced those sink actors: the supervisor
@@ -137,8 +139,17 @@ class IngestActor:
         self._running.set()
 
     async def ready(self) -> bool:
-        """Answered once the actor is up (its process started, the sink actors found)."""
+        """Answered once the actor is up: its process started, the sink actors found and reached
+        once (the first batch does not wait for Ray to open a channel to each), and what start-up
+        built frozen out of the collector (nor for that full collection, about 40 ms)."""
+        await asyncio.gather(*(w.pid.remote() for shards in self.workers.values() for w in shards))
+        self._tune_gc()
         return True
+
+    def _tune_gc(self) -> None:
+        if not self._gc_tuned:  # once a process: ``ready`` or, in a process Ray restarted, ``run``
+            self._gc_tuned = True
+            tune_gc()
 
     async def pid(self) -> int:
         return os.getpid()
@@ -168,7 +179,7 @@ class IngestActor:
         self.watermark = await self._new_watermark(js, durable) if by_watermark else None
         consumer = self.consumer = PullConsumer(nc, src.stream, durable, partitioned=self.partition is not None)
         await consumer.start()
-        tune_gc()
+        self._tune_gc()
         window = asyncio.Semaphore(src.max_inflight_batches)
         tasks: set[asyncio.Task] = set()  # batches in hand; with none, a fetch need not wait to fill
 
