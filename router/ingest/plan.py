@@ -117,6 +117,7 @@ class IngestPlanner:
             h = key_hash(key)  # once here, not once per destination in the sink actors
             if prep.together is not None:  # the usual fan-out: gathered once for all its destinations
                 records, idx = together[prep.together]
+                # RecordBatch.append, inline and without its column padding (nothing to pad)
                 records.keys.append(key)
                 records.payloads.append(payload)
                 records.origins.append(origin)
@@ -133,15 +134,7 @@ class IngestPlanner:
                     hashed, okey_of_route = ordering, ordering_hash(ev, ordering)
                 okey = okey_of_route if ordering else 0
                 records, idx = work[(dest, 0 if pool == 1 else (okey or h) % pool)]
-                if okey or lane != NORMAL or records.order_keys or records.lanes:
-                    records.append(key, payload, origin, at, okey, lane, h, cid)
-                else:  # RecordBatch.append, without its column padding (nothing to pad)
-                    records.keys.append(key)
-                    records.payloads.append(payload)
-                    records.origins.append(origin)
-                    records.published.append(at)
-                    records.hashes.append(h)
-                    records.correlation_ids.append(cid)
+                records.append(key, payload, origin, at, okey, lane, h, cid)
                 idx.append(i)
                 if workflows is not None:
                     records.workflow.append(workflows.index(ev.type, dest))
