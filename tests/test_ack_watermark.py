@@ -19,7 +19,7 @@ from router.loadtest.retail_events import RetailEventFactory
 from router.control.demo import expected_deliveries
 
 from .harness import assert_exactly, config, config_dict, in_flight_bound, poll_until, publish, wait_complete
-from .test_crash import crash_config
+from .test_crash import crash_config_acking
 
 
 class _Msg:
@@ -179,12 +179,6 @@ async def _floor(js, n: int) -> bool:
     return bool(info.ack_floor) and info.ack_floor.stream_seq == n
 
 
-def _watermark(raw: dict) -> None:
-    crash_config(raw)
-    for s in raw["sources"]:
-        s["ack"] = "watermark"
-
-
 def test_a_message_someone_else_pulled_from_the_consumer_is_not_acked_unseen(clean, nats_server, emulator,
                                                                               ray_session):
     """An operator peeks at the router's consumer (`nats consumer next`, no ack) mid-stream: the next
@@ -194,7 +188,7 @@ def test_a_message_someone_else_pulled_from_the_consumer_is_not_acked_unseen(cle
     first, second = list(factory.burst(2_000)), list(factory.burst(6_000))
 
     async def scenario():
-        cfg = config(nats_server.url, emulator.url, _watermark)
+        cfg = config(nats_server.url, emulator.url, crash_config_acking("watermark"))
         src = cfg.sources[0]
         sup = Supervisor(cfg)
         await sup.start()

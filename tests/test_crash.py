@@ -32,6 +32,15 @@ def crash_config(raw):
         d.setdefault("batch", {})["linger"] = "5ms"
 
 
+def crash_config_acking(ack: str):
+    """``crash_config`` with the sources' ``ack`` mode (message or watermark)."""
+    def settings(raw):
+        crash_config(raw)
+        for src in raw["sources"]:
+            src["ack"] = ack
+    return settings
+
+
 def test_20k_events_with_10pct_resent_minutes_later_arrive_once_each(clean, nats_server, emulator, ray_session):
     factory = RetailEventFactory(seed=41)
     first = list(factory.burst(18_000))
@@ -165,13 +174,8 @@ def test_kill_9_of_one_destination_actor(clean, nats_server, emulator, ray_sessi
     pass them until they come back)."""
     events = list(RetailEventFactory(seed=43).burst(20_000, duplicate_ratio=0.05))
 
-    def settings(raw):
-        crash_config(raw)
-        for src in raw["sources"]:
-            src["ack"] = ack
-
     async def scenario():
-        cfg = config(nats_server.url, emulator.url, settings)
+        cfg = config(nats_server.url, emulator.url, crash_config_acking(ack))
         sup = Supervisor(cfg)
         await sup.start()
         victim = sup.workers["erp"][0]
@@ -206,14 +210,9 @@ def test_nats_server_restart_mid_stream(emulator, ray_session, tmp_path, ack):
 async def _nats_restart(server, emulator, ack):
     from .conftest import _post
 
-    def settings(raw):
-        crash_config(raw)
-        for src in raw["sources"]:
-            src["ack"] = ack
-
     await _post(f"{emulator.url}/reset")
     events = list(RetailEventFactory(seed=44).burst(15_000, duplicate_ratio=0.05))
-    cfg = config(server.url, emulator.url, settings)
+    cfg = config(server.url, emulator.url, crash_config_acking(ack))
     sup = Supervisor(cfg)
     await sup.start()
     try:

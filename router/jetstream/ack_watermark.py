@@ -91,7 +91,7 @@ class AckWatermark:
             lows.append(min(self._awaiting))
         floor = min(lows) if lows else None  # every message below it is settled
         dfloor = min((d for _, d in self._open.values()), default=None)
-        ackable = [h for h in self._held if (floor is None or h.top < floor) and h.top > self._acked_sseq
+        ackable = [h for h in self._held if (floor is None or h.top < floor)
                    and self._acked_dseq < h.dseq and (dfloor is None or h.dseq < dfloor)]
         if not ackable:
             return None
